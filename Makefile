@@ -1,0 +1,33 @@
+# Two entry points (see README): `make demo` and `make test`. Both install what a fresh
+# Debian 12 / Ubuntu 24.04 machine lacks first (`make deps`), using sudo when not root.
+
+APT_PACKAGES := build-essential pkg-config \
+	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev \
+	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools \
+	mosquitto mosquitto-clients socat
+
+CARGO ?= cargo
+
+.PHONY: deps demo test
+
+deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	  $$sudo apt-get -o DPkg::Lock::Timeout=600 update -q && \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust 1.95 or newer (https://rustup.rs)"; exit 1; }
+
+demo: deps
+	$(CARGO) run --locked -- demo
+
+test: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) test --locked

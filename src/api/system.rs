@@ -1,0 +1,75 @@
+//! `GET /api/v1/system` (what `heldar status` prints) and the liveness/readiness probes.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::store::{Boot, BootHistory, StoreError, StoreStatus};
+
+/// Facts about this run, fixed at start-up.
+#[derive(Debug)]
+pub struct SystemInfo {
+    pub device_id: String,
+    pub board: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub started: Instant,
+    pub boot: Boot,
+    pub http_listen: SocketAddr,
+    pub gstreamer: String,
+}
+
+/// The answer of `GET /api/v1/system`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SystemStatus {
+    pub version: String,
+    pub device_id: String,
+    pub board: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub uptime_s: u64,
+    pub http_listen: SocketAddr,
+    pub gstreamer: String,
+    pub boots: BootHistory,
+    pub store: StoreStatus,
+}
+
+pub(super) async fn status(State(state): State<AppState>) -> Result<Json<SystemStatus>, ApiError> {
+    let info = &state.system;
+    Ok(Json(SystemStatus {
+        version: env!("CARGO_PKG_VERSION").into(),
+        device_id: info.device_id.clone(),
+        board: info.board.clone(),
+        started_at: info.started_at,
+        uptime_s: info.started.elapsed().as_secs(),
+        http_listen: info.http_listen,
+        gstreamer: info.gstreamer.clone(),
+        boots: state.store.boot_history(info.boot).await?,
+        store: state.store.status().await?,
+    }))
+}
+
+/// Alive: the runtime answers.
+pub(super) async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Ready: the store accepts a write within a second.
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    let probe = state.store.write(|_| Ok::<_, StoreError>(()));
+    match tokio::time::timeout(Duration::from_secs(1), probe).await {
+        Ok(Ok(())) => Ok("ready\n"),
+        Ok(Err(e)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store not writable: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store not writable: no commit within 1s",
+        )),
+    }
+}

@@ -1,0 +1,83 @@
+//! The CLI's side of the control socket: HTTP/1.1 over a Unix stream.
+//!
+//! Connection failures become one-line errors that say what to check, because the person reading
+//! them is usually on an SSH session to a box that misbehaves.
+
+use std::io::ErrorKind;
+use std::path::PathBuf;
+
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use super::CliError;
+
+const DEFAULT_SOCKET: &str = "/run/heldar/heldar.sock";
+
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// `socket` from `--socket`/`HELDAR_SOCKET`, else the packaged default.
+    pub fn new(socket: Option<PathBuf>) -> Self {
+        Client {
+            socket: socket.unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET)),
+        }
+    }
+
+    /// GETs `path` and decodes the JSON answer; an error answer becomes its `error` text.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        let (status, body) = self.request(path).await?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                .unwrap_or_else(|| format!("the daemon answered {status}"));
+            return Err(CliError::Failed(message));
+        }
+        serde_json::from_slice(&body).map_err(|e| {
+            CliError::Failed(format!(
+                "unexpected answer from the daemon ({e}); is it the same heldar version?"
+            ))
+        })
+    }
+
+    async fn request(&self, path: &str) -> Result<(StatusCode, Bytes), CliError> {
+        let socket = self.socket.display();
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            CliError::Failed(match e.kind() {
+                ErrorKind::NotFound => {
+                    format!("no daemon socket at {socket}: is heldar running? (systemctl status heldar; --socket or HELDAR_SOCKET to point elsewhere)")
+                }
+                ErrorKind::PermissionDenied => {
+                    format!("permission denied on {socket}: run as root or as a member of the heldar group")
+                }
+                ErrorKind::ConnectionRefused => format!("nothing answers on {socket}: the daemon is not running (stale socket)"),
+                _ => format!("cannot connect to {socket}: {e}"),
+            })
+        })?;
+        let failed =
+            |e: hyper::Error| CliError::Failed(format!("talking to the daemon on {socket}: {e}"));
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(failed)?;
+        tokio::spawn(connection);
+        let request = Request::get(path)
+            .header(hyper::header::HOST, "heldar")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+        let response = sender.send_request(request).await.map_err(failed)?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(failed)?
+            .to_bytes();
+        Ok((status, body))
+    }
+}

@@ -1,0 +1,93 @@
+//! `heldar demo`: the box on built-in defaults in a scratch directory, for a first look and for
+//! checking a machine. It writes an ordinary `heldar.toml` and runs the ordinary daemon on it, so
+//! what the demo shows is what a box runs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{CliError, load_config, runtime};
+use crate::daemon;
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its database and files [default: a new directory under /tmp]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the web page and API.
+    #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
+    http: SocketAddr,
+    /// Stop after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+}
+
+pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError> {
+    let dir = match args.data_dir {
+        Some(d) => d,
+        None => std::env::temp_dir().join(format!("heldar-demo-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| CliError::Failed(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| CliError::Failed(format!("{}: {e}", dir.display())))?;
+    let socket = socket.unwrap_or_else(|| dir.join("heldar.sock"));
+    let config_path = dir.join("heldar.toml");
+    std::fs::write(&config_path, demo_config(&dir, &socket, args.http))
+        .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", config_path.display())))?;
+    let loaded = load_config(&config_path)?;
+    daemon::logging::init(&loaded.config.log_level);
+
+    println!("Heldar Edge demo");
+    println!("  data directory  {}", dir.display());
+    println!("  config          {}", config_path.display());
+    println!(
+        "  database        {}",
+        crate::store::db_path(&dir).display()
+    );
+    println!("  web             http://{}/healthz", args.http);
+    println!(
+        "  try             heldar --socket {} status",
+        socket.display()
+    );
+    match args.duration {
+        Some(s) => println!("  stops after {s}s (or Ctrl-C)"),
+        None => println!("  stop with Ctrl-C"),
+    }
+    let overrides = daemon::Overrides {
+        socket: Some(socket),
+        stop_after: args.duration.map(Duration::from_secs),
+    };
+    runtime()?.block_on(daemon::run(loaded.config, loaded.board_source, overrides))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo_config(dir: &Path, socket: &Path, http: SocketAddr) -> String {
+    // The control group is the caller's own primary group, so the demo needs no `heldar` group.
+    let group = nix::unistd::Group::from_gid(nix::unistd::getgid())
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| "root".into());
+    let quote = |s: String| toml::Value::String(s).to_string();
+    format!(
+        "# Written by `heldar demo`: an ordinary heldar.toml.\n\
+         device_id = \"demo\"\n\
+         board = \"generic-x86_64\"\n\
+         data_dir = {}\n\n\
+         [http]\n\
+         listen = {}\n\
+         auth = false\n\n\
+         [control]\n\
+         socket = {}\n\
+         group = {}\n",
+        quote(dir.display().to_string()),
+        quote(http.to_string()),
+        quote(socket.display().to_string()),
+        quote(group),
+    )
+}

@@ -1,0 +1,196 @@
+//! `heldar <command>`: the daemon (`run`), the demo, offline commands (`config check`, `db check`)
+//! and thin clients of the daemon's control socket (`status`, ...).
+//!
+//! Output contract (spec/operator-interface.md): human-readable by default, `--json` for machines;
+//! errors go to stderr as one line starting with `error:` that names the offending key or argument;
+//! exit code 2 for bad input, 1 for failure to do the work.
+
+mod client;
+mod demo;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+use crate::daemon;
+use crate::store;
+
+const DEFAULT_CONFIG: &str = "/etc/heldar/heldar.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "heldar",
+    version,
+    about = "Heldar Edge: the NVR box agent and its maintenance CLI"
+)]
+struct Cli {
+    /// Control socket of the daemon [default: control.socket of the config, /run/heldar/heldar.sock]
+    #[arg(long, global = true, env = "HELDAR_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon (systemd runs this).
+    Run {
+        #[arg(long, default_value = DEFAULT_CONFIG, value_name = "PATH")]
+        config: PathBuf,
+    },
+    /// Run the whole box on built-in defaults in a scratch directory.
+    Demo(demo::DemoArgs),
+    /// Work with config files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Daemon health: uptime, database, write queue.
+    Status,
+    /// Work with the database.
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a config file with its board profile and print the effective config.
+    Check { path: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum DbCommand {
+    /// Integrity check of the database named by the config's data_dir.
+    Check {
+        #[arg(long, default_value = DEFAULT_CONFIG, value_name = "PATH")]
+        config: PathBuf,
+    },
+}
+
+/// A command's failure, with the exit code it implies.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad input from the caller (exit 2). May hold several lines, each printed with `error:`.
+    BadInput(String),
+    /// The work could not be done (exit 1).
+    Failed(String),
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        CliError::Failed(format!("{e:#}"))
+    }
+}
+
+/// Entry point of the `heldar` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(CliError::BadInput(msg)) => {
+            print_errors(&msg);
+            ExitCode::from(2)
+        }
+        Err(CliError::Failed(msg)) => {
+            print_errors(&msg);
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_errors(msg: &str) {
+    for line in msg.lines() {
+        eprintln!("error: {line}");
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
+    match cli.command {
+        Command::Run { config } => {
+            let loaded = load_config(&config)?;
+            daemon::logging::init(&loaded.config.log_level);
+            let overrides = daemon::Overrides {
+                socket: cli.socket,
+                ..Default::default()
+            };
+            runtime()?.block_on(daemon::run(loaded.config, loaded.board_source, overrides))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => demo::run(args, cli.socket),
+        Command::Config {
+            command: ConfigCommand::Check { path },
+        } => {
+            let loaded = load_config(&path)?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&loaded.config)
+                        .map_err(|e| CliError::Failed(e.to_string()))?
+                );
+            } else {
+                let board = loaded.board_source.as_deref().unwrap_or("none");
+                println!(
+                    "# effective config of {} (board profile: {board}); secrets are not shown",
+                    path.display()
+                );
+                print!("{}", loaded.config.to_toml());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status => {
+            let client = client::Client::new(cli.socket);
+            let status: crate::api::SystemStatus =
+                runtime()?.block_on(client.get("/api/v1/system"))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status)
+                        .map_err(|e| CliError::Failed(e.to_string()))?
+                );
+            } else {
+                print!("{}", render::status(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Db {
+            command: DbCommand::Check { config },
+        } => {
+            let loaded = load_config(&config)?;
+            let report = store::check(&store::db_path(&loaded.config.data_dir))
+                .map_err(|e| CliError::Failed(e.to_string()))?;
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report)
+                        .map_err(|e| CliError::Failed(e.to_string()))?
+                );
+            } else {
+                print!("{}", render::db_check(&report));
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+    }
+}
+
+fn load_config(path: &std::path::Path) -> Result<config::Loaded, CliError> {
+    config::load(path).map_err(|e| CliError::BadInput(e.to_string()))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))
+}

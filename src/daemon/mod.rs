@@ -1,0 +1,220 @@
+//! The composition root: `heldar run` builds every service from the config and runs them until
+//! SIGTERM or SIGINT. This is the only module that knows every other one.
+//!
+//! Start-up, in order, with no side effect before the config is known to be valid:
+//! 1. the config (already loaded and validated by the caller);
+//! 2. GStreamer, the data directory, the store (opened and migrated), the boot record;
+//! 3. the listeners, bound before anything is spawned so a port in use fails the start;
+//! 4. each service spawned with a shutdown token; then `READY=1`.
+//!
+//! Shutdown: the first signal cancels the token and services stop in reverse dependency order
+//! (producers first, the store writer last, after a final flush), bounded by [`GRACE`]. A second
+//! signal exits at once. A service that ends on its own before shutdown is a fault: it is logged
+//! by name, everything else is stopped, and the exit code is 1 so systemd restarts the daemon.
+
+pub mod logging;
+mod notify;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState, SystemInfo, control::ControlListener};
+use crate::config::Config;
+use crate::store::{self, Store};
+
+/// How long services get to stop after SIGTERM before the daemon exits anyway. The systemd unit's
+/// `TimeoutStopSec` is larger, so systemd never has to SIGKILL a healthy daemon.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// What a caller may override over the config when starting the daemon.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `HELDAR_SOCKET` or `--socket`.
+    pub socket: Option<PathBuf>,
+    /// Stop on our own after this long, as if signalled (`heldar demo --duration`).
+    pub stop_after: Option<Duration>,
+}
+
+/// Runs the daemon to completion. `Ok` means a clean, signalled stop.
+pub async fn run(
+    config: Config,
+    board_source: Option<String>,
+    overrides: Overrides,
+) -> anyhow::Result<()> {
+    gstreamer::init()
+        .context("GStreamer failed to initialise (is libgstreamer1.0-0 installed?)")?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+
+    let db = store::db_path(&config.data_dir);
+    let store = tokio::task::spawn_blocking(move || Store::open(&db)).await??;
+    let (boot, history) = store.record_boot().await?;
+    if history.previous_clean == Some(false) {
+        tracing::warn!(
+            unclean_total = history.unclean,
+            "the previous run did not stop cleanly (power cut, kill or crash)"
+        );
+    }
+
+    let socket_path = overrides
+        .socket
+        .clone()
+        .unwrap_or_else(|| config.control.socket.clone());
+    let control = ControlListener::bind(&socket_path, &config.control.group)
+        .await
+        .with_context(|| format!("cannot bind the control socket {}", socket_path.display()))?;
+    let http = TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on http.listen {}", config.http.listen))?;
+    let http_listen: SocketAddr = http.local_addr()?;
+
+    let state = AppState {
+        store: store.clone(),
+        system: Arc::new(SystemInfo {
+            device_id: config.device_id.clone(),
+            board: board_source,
+            started_at: chrono::Utc::now(),
+            started: Instant::now(),
+            boot,
+            http_listen,
+            gstreamer: gstreamer::version_string().to_string(),
+        }),
+    };
+
+    let shutdown = CancellationToken::new();
+    let services = Services {
+        tracker: TaskTracker::new(),
+        shutdown: shutdown.clone(),
+        fault: Arc::default(),
+    };
+    tracing::info!(path = %control.path().display(), "control socket listening");
+    services.spawn("control socket", {
+        let router = api::control_router(state.clone());
+        let token = shutdown.clone();
+        async move {
+            control
+                .serve(router, token)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
+    tracing::info!(url = %format!("http://{http_listen}/"), "http listening");
+    services.spawn("http", {
+        let router = api::http_router(state.clone());
+        let token = shutdown.clone();
+        async move {
+            axum::serve(http, router)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await?;
+            Ok(())
+        }
+    });
+    if let Some(timeout) = notify::watchdog_interval() {
+        services.spawn("watchdog", {
+            let (store, token) = (store.clone(), shutdown.clone());
+            async move {
+                notify::watchdog(store, timeout, token).await;
+                Ok(())
+            }
+        });
+    }
+
+    notify::ready(&format!("serving; http on {http_listen}"));
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), device_id = %config.device_id, "heldar is up");
+
+    wait_for_stop(&shutdown, overrides.stop_after).await?;
+    let faulted = services.fault.load(Ordering::SeqCst);
+    notify::stopping();
+    services.tracker.close();
+    if tokio::time::timeout(GRACE, services.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace = ?GRACE, "services did not stop within the grace period; exiting anyway");
+    }
+    if !faulted {
+        store.record_clean_stop(boot).await?;
+    }
+    store.close().await;
+    tracing::info!("heldar stopped");
+    if faulted {
+        anyhow::bail!("a service stopped unexpectedly; see the log above");
+    }
+    Ok(())
+}
+
+/// The running services, each a named task that stops when the token is cancelled.
+struct Services {
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    /// Set when a service ended before shutdown was asked for; decides the exit code.
+    fault: Arc<AtomicBool>,
+}
+
+impl Services {
+    /// Spawns a service. If it returns or panics before shutdown was asked for, the fault is
+    /// logged by name and the whole daemon stops (systemd restarts it).
+    fn spawn<F>(&self, name: &'static str, service: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let (token, fault) = (self.shutdown.clone(), self.fault.clone());
+        let inner = tokio::spawn(service);
+        self.tracker.spawn(async move {
+            let outcome = inner.await;
+            if token.is_cancelled() {
+                if let Ok(Err(e)) = outcome {
+                    tracing::warn!(service = name, error = %e, "service reported an error while stopping");
+                }
+                return;
+            }
+            match outcome {
+                Ok(Ok(())) => tracing::error!(service = name, "service stopped on its own"),
+                Ok(Err(e)) => tracing::error!(service = name, error = format!("{e:#}"), "service failed"),
+                Err(e) => tracing::error!(service = name, error = %e, "service panicked"),
+            }
+            fault.store(true, Ordering::SeqCst);
+            token.cancel();
+        });
+    }
+}
+
+/// Waits for SIGTERM/SIGINT or a service fault; a second signal exits the process immediately.
+async fn wait_for_stop(
+    shutdown: &CancellationToken,
+    stop_after: Option<Duration>,
+) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let deadline = async {
+        match stop_after {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = deadline => tracing::info!("demo duration reached: stopping"),
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancel();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting now without a clean stop");
+        std::process::exit(130);
+    });
+    Ok(())
+}

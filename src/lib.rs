@@ -1,0 +1,16 @@
+//! Heldar Edge: the Heldar kernel rebuilt as one daemon for an NVR box.
+//!
+//! The map of the crate is `DESIGN.md` (data flow, code map, invariants); each module's own doc
+//! says what it owns and the rules its callers keep. In short:
+//!
+//! - [`config`]: `heldar.toml` over a board profile, validated with errors that name the key;
+//! - [`store`]: SQLite with one group-committing writer thread and read-only readers;
+//! - [`api`]: the loopback HTTP listener and the CLI's Unix control socket;
+//! - [`daemon`]: the composition root that builds and stops every service;
+//! - [`cli`]: the `heldar` command.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod store;

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    heldar_edge::cli::main()
+}

@@ -1,0 +1,192 @@
+//! Test fixtures: real processes and real files, each cleaned up on drop.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The `heldar` binary cargo built for these tests.
+pub fn heldar_bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_heldar"))
+}
+
+/// Runs `heldar` with `args` to completion.
+pub fn heldar(args: &[&str]) -> Output {
+    Command::new(heldar_bin())
+        .args(args)
+        .env_remove("HELDAR_SOCKET")
+        .output()
+        .expect("run heldar")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A daemon started from a config file in its own temp dir, with a fake systemd notify socket.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    notify: UnixDatagram,
+    /// Every notify datagram received so far, in order.
+    pub notifications: Vec<String>,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Writes a minimal config (plus `extra` TOML) into a fresh temp dir and starts the daemon.
+    pub fn start(extra: &str) -> Daemon {
+        Self::start_opts(extra, "root", &[])
+    }
+
+    /// Like [`Daemon::start`], with the control group and extra environment variables.
+    pub fn start_opts(extra: &str, group: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "device_id = \"test\"\ndata_dir = \"{}\"\n{extra}\n[http]\nlisten = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\ngroup = \"{group}\"\n",
+            dir.path().join("data").display(),
+            dir.path().join("heldar.sock").display(),
+        );
+        std::fs::write(dir.path().join("heldar.toml"), config).unwrap();
+        let notify = UnixDatagram::bind(dir.path().join("notify.sock")).unwrap();
+        notify
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut d = Daemon {
+            dir,
+            child: None,
+            notify,
+            notifications: Vec::new(),
+            log: Default::default(),
+        };
+        d.spawn(env);
+        d
+    }
+
+    /// Starts (again) the daemon on this dir's config.
+    pub fn spawn(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(heldar_bin());
+        cmd.args(["run", "--config"])
+            .arg(self.config_path())
+            .env_remove("HELDAR_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env("NOTIFY_SOCKET", self.dir.path().join("notify.sock"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn heldar run");
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                log.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        self.child = Some(child);
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("heldar.toml")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("heldar.sock")
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Reads notify datagrams until one contains `needle` (a line such as `READY=1`).
+    pub fn wait_notify(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if self
+                .notifications
+                .iter()
+                .any(|n| n.lines().any(|l| l == needle))
+            {
+                return true;
+            }
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                self.notifications
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+        }
+        false
+    }
+
+    /// Starts and waits for `READY=1`, panicking with the daemon's log if it does not come.
+    pub fn ready(mut self) -> Daemon {
+        assert!(
+            self.wait_notify("READY=1", Duration::from_secs(20)),
+            "no READY=1; log:\n{}",
+            self.log()
+        );
+        self
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(self.pid(), sig).unwrap();
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = wait_for(timeout, || child.try_wait().unwrap());
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// `heldar --socket <this daemon's socket> args...`
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(heldar_bin())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run heldar")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

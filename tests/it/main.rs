@@ -1,0 +1,6 @@
+//! Integration tests: one binary, real SQLite files, real daemon processes.
+
+mod config;
+mod daemon;
+mod fixtures;
+mod store;
