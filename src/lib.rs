@@ -5,6 +5,8 @@
 //!
 //! - [`config`]: `heldar.toml` over a board profile, validated with errors that name the key;
 //! - [`store`]: SQLite with one group-committing writer thread and read-only readers;
+//! - [`registry`]: the cameras the box runs, from the file and from runtime changes;
+//! - [`media`]: camera pipelines, recording, the recording index and camera health;
 //! - [`api`]: the loopback HTTP listener and the CLI's Unix control socket;
 //! - [`daemon`]: the composition root that builds and stops every service;
 //! - [`cli`]: the `heldar` command.
@@ -13,4 +15,6 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod media;
+pub mod registry;
 pub mod store;

@@ -6,6 +6,7 @@
 //! status codes, and the control socket's access check.
 //! Input here is untrusted: every handler validates before it calls into another module.
 
+mod cameras;
 pub mod control;
 mod error;
 mod system;
@@ -15,15 +16,20 @@ use std::sync::Arc;
 use axum::Router;
 use axum::routing::get;
 
+pub use cameras::{CameraView, Timeline};
 pub use error::ApiError;
 pub use system::{SystemInfo, SystemStatus};
 
+use crate::media::Media;
+use crate::registry::Registry;
 use crate::store::Store;
 
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
+    pub registry: Registry,
+    pub media: Media,
     pub system: Arc<SystemInfo>,
 }
 
@@ -31,6 +37,15 @@ pub struct AppState {
 pub fn control_router(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/system", get(system::status))
+        .route("/api/v1/cameras", get(cameras::list).post(cameras::put))
+        .route(
+            "/api/v1/cameras/{id}",
+            get(cameras::get).delete(cameras::delete),
+        )
+        .route("/api/v1/cameras/{id}/segments", get(cameras::segments))
+        .route("/api/v1/cameras/{id}/timeline", get(cameras::timeline))
+        .route("/api/v1/cameras/{id}/gaps", get(cameras::gaps))
+        .route("/api/v1/health/cameras", get(cameras::health))
         .with_state(state)
 }
 

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
+use crate::media::CameraHealth;
 use crate::store::{Boot, BootHistory, StoreError, StoreStatus};
 
 /// Facts about this run, fixed at start-up.
@@ -36,6 +37,7 @@ pub struct SystemStatus {
     pub gstreamer: String,
     pub boots: BootHistory,
     pub store: StoreStatus,
+    pub cameras: Vec<CameraHealth>,
 }
 
 pub(super) async fn status(State(state): State<AppState>) -> Result<Json<SystemStatus>, ApiError> {
@@ -50,6 +52,7 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<Json<SystemS
         gstreamer: info.gstreamer.clone(),
         boots: state.store.boot_history(info.boot).await?,
         store: state.store.status().await?,
+        cameras: state.media.health().all(),
     }))
 }
 

@@ -6,9 +6,9 @@
 use std::io::ErrorKind;
 use std::path::PathBuf;
 
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use hyper::{Request, StatusCode};
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
@@ -31,13 +31,29 @@ impl Client {
 
     /// GETs `path` and decodes the JSON answer; an error answer becomes its `error` text.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
-        let (status, body) = self.request(path).await?;
+        self.call(Method::GET, path, None).await
+    }
+
+    /// Sends `body` (JSON) with `method` and decodes the JSON answer.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, CliError> {
+        let (status, body) = self.request(method, path, body).await?;
         if !status.is_success() {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
                 .unwrap_or_else(|| format!("the daemon answered {status}"));
-            return Err(CliError::Failed(message));
+            // What the caller asked for was wrong (exit 2), or the daemon could not do it (exit 1).
+            let bad_input = matches!(status.as_u16(), 400 | 404 | 409 | 413 | 422);
+            return Err(if bad_input {
+                CliError::BadInput(message)
+            } else {
+                CliError::Failed(message)
+            });
         }
         serde_json::from_slice(&body).map_err(|e| {
             CliError::Failed(format!(
@@ -46,7 +62,12 @@ impl Client {
         })
     }
 
-    async fn request(&self, path: &str) -> Result<(StatusCode, Bytes), CliError> {
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(StatusCode, Bytes), CliError> {
         let socket = self.socket.display();
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             CliError::Failed(match e.kind() {
@@ -66,9 +87,13 @@ impl Client {
             .await
             .map_err(failed)?;
         tokio::spawn(connection);
-        let request = Request::get(path)
+        let body = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
             .header(hyper::header::HOST, "heldar")
-            .body(Empty::<Bytes>::new())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
             .map_err(|e| CliError::Failed(e.to_string()))?;
         let response = sender.send_request(request).await.map_err(failed)?;
         let status = response.status();

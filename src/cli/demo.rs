@@ -11,6 +11,7 @@ use clap::Args;
 
 use super::{CliError, load_config, runtime};
 use crate::daemon;
+use crate::media::synthetic::{SyntheticCamera, SyntheticSpec};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -36,15 +37,25 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
         .canonicalize()
         .map_err(|e| CliError::Failed(format!("{}: {e}", dir.display())))?;
     let socket = socket.unwrap_or_else(|| dir.join("heldar.sock"));
+    let camera = SyntheticCamera::start(SyntheticSpec::default(), 0)
+        .map_err(|e| CliError::Failed(format!("cannot start the synthetic camera: {e}")))?;
     let config_path = dir.join("heldar.toml");
-    std::fs::write(&config_path, demo_config(&dir, &socket, args.http))
-        .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", config_path.display())))?;
+    std::fs::write(
+        &config_path,
+        demo_config(&dir, &socket, args.http, &camera.url("main")),
+    )
+    .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", config_path.display())))?;
     let loaded = load_config(&config_path)?;
     daemon::logging::init(&loaded.config.log_level);
 
     println!("Heldar Edge demo");
     println!("  data directory  {}", dir.display());
     println!("  config          {}", config_path.display());
+    println!(
+        "  camera          {} (synthetic, served in-process)",
+        camera.url("main")
+    );
+    println!("  recordings      {}", dir.join("recordings").display());
     println!(
         "  database        {}",
         crate::store::db_path(&dir).display()
@@ -63,10 +74,11 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
         stop_after: args.duration.map(Duration::from_secs),
     };
     runtime()?.block_on(daemon::run(loaded.config, loaded.board_source, overrides))?;
+    drop(camera);
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo_config(dir: &Path, socket: &Path, http: SocketAddr) -> String {
+fn demo_config(dir: &Path, socket: &Path, http: SocketAddr, camera_url: &str) -> String {
     // The control group is the caller's own primary group, so the demo needs no `heldar` group.
     let group = nix::unistd::Group::from_gid(nix::unistd::getgid())
         .ok()
@@ -84,10 +96,16 @@ fn demo_config(dir: &Path, socket: &Path, http: SocketAddr) -> String {
          auth = false\n\n\
          [control]\n\
          socket = {}\n\
-         group = {}\n",
+         group = {}\n\n\
+         [[cameras]]\n\
+         id = \"demo\"\n\
+         name = \"Synthetic camera\"\n\
+         url = {}\n\
+         segment_seconds = 10\n",
         quote(dir.display().to_string()),
         quote(http.to_string()),
         quote(socket.display().to_string()),
         quote(group),
+        quote(camera_url.to_string()),
     )
 }

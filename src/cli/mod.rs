@@ -5,6 +5,7 @@
 //! errors go to stderr as one line starting with `error:` that names the offending key or argument;
 //! exit code 2 for bad input, 1 for failure to do the work.
 
+mod cameras;
 mod client;
 mod demo;
 mod render;
@@ -16,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config;
 use crate::daemon;
+use crate::media;
 use crate::store;
 
 const DEFAULT_CONFIG: &str = "/etc/heldar/heldar.toml";
@@ -51,8 +53,13 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-    /// Daemon health: uptime, database, write queue.
+    /// Daemon health: uptime, database, write queue, cameras.
     Status,
+    /// The camera registry.
+    Cameras {
+        #[command(subcommand)]
+        command: cameras::CamerasCommand,
+    },
     /// Work with the database.
     Db {
         #[command(subcommand)]
@@ -145,6 +152,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cameras { command } => {
+            cameras::run(command, client::Client::new(cli.socket), cli.json)
+        }
         Command::Status => {
             let client = client::Client::new(cli.socket);
             let status: crate::api::SystemStatus =
@@ -164,18 +174,29 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             command: DbCommand::Check { config },
         } => {
             let loaded = load_config(&config)?;
-            let report = store::check(&store::db_path(&loaded.config.data_dir))
-                .map_err(|e| CliError::Failed(e.to_string()))?;
+            let db = store::db_path(&loaded.config.data_dir);
+            let failed = |e: store::StoreError| CliError::Failed(e.to_string());
+            let report = store::check(&db).map_err(failed)?;
+            let recordings = loaded.config.data_dir.join("recordings");
+            // The recordings scan reads this binary's tables; another schema is reported as such.
+            let scan = if report.schema_version == store::LATEST_VERSION {
+                let conn = store::open_read_only(&db).map_err(failed)?;
+                Some(media::reconcile::scan(&conn, &recordings).map_err(|e| failed(e.into()))?)
+            } else {
+                None
+            };
             if cli.json {
+                let both = serde_json::json!({ "database": report, "recordings": scan });
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report)
+                    serde_json::to_string_pretty(&both)
                         .map_err(|e| CliError::Failed(e.to_string()))?
                 );
             } else {
-                print!("{}", render::db_check(&report));
+                print!("{}", render::db_check(&report, scan.as_ref()));
             }
-            Ok(if report.ok() {
+            let ok = report.ok() && scan.is_some_and(|s| s.rows_without_files.is_empty());
+            Ok(if ok {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(1)

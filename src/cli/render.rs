@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::api::SystemStatus;
+use crate::media::reconcile::Scan;
 use crate::store::CheckReport;
 
 pub fn status(s: &SystemStatus) -> String {
@@ -53,10 +54,29 @@ pub fn status(s: &SystemStatus) -> String {
     );
     let _ = writeln!(out, "{:<10} http://{}/", "http", s.http_listen);
     let _ = writeln!(out, "{:<10} {}", "gstreamer", s.gstreamer);
+    for h in &s.cameras {
+        let fps = h.fps.map(|f| format!(", {f:.1} fps")).unwrap_or_default();
+        let last = h
+            .last_segment_at
+            .map(|t| format!(", last segment {}", t.format("%H:%M:%S")))
+            .unwrap_or_default();
+        let error = match (&h.last_error, h.state) {
+            (Some(e), state) if state != crate::media::CameraState::Recording => format!(" ({e})"),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {} {}{fps}{last}, {} reconnects{error}",
+            "camera",
+            h.camera_id,
+            h.state.as_str(),
+            h.reconnects
+        );
+    }
     out
 }
 
-pub fn db_check(r: &CheckReport) -> String {
+pub fn db_check(r: &CheckReport, scan: Option<&Scan>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "database   {} ({})", r.path, bytes(r.db_bytes));
     let schema_note = if r.schema_version > r.binary_schema_version {
@@ -80,10 +100,35 @@ pub fn db_check(r: &CheckReport) -> String {
             r.foreign_key_violations.join("; ")
         );
     }
+    let Some(scan) = scan else {
+        let _ = writeln!(
+            out,
+            "recordings not checked: the schema is not this binary's"
+        );
+        let _ = writeln!(out, "result     PROBLEMS FOUND");
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "recordings {} files without a row (indexed at next start; a running daemon's open segments are among them)",
+        scan.files_without_rows.len()
+    );
+    for f in &scan.files_without_rows {
+        let _ = writeln!(out, "           - {f}");
+    }
+    let _ = writeln!(
+        out,
+        "           {} rows whose file is missing",
+        scan.rows_without_files.len()
+    );
+    for f in &scan.rows_without_files {
+        let _ = writeln!(out, "           - {f}");
+    }
+    let ok = r.ok() && scan.rows_without_files.is_empty();
     let _ = writeln!(
         out,
         "result     {}",
-        if r.ok() { "ok" } else { "PROBLEMS FOUND" }
+        if ok { "ok" } else { "PROBLEMS FOUND" }
     );
     out
 }
@@ -99,4 +144,44 @@ fn duration(secs: u64) -> String {
 
 fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+pub fn cameras(cameras: &[crate::api::CameraView]) -> String {
+    let mut out = format!(
+        "{:<16} {:<11} {:>6} {:>7} {:<20} {:>5}  {:<8} {}\n",
+        "ID", "STATE", "FPS", "KBIT/S", "LAST SEGMENT", "RECON", "SOURCE", "URL"
+    );
+    for c in cameras {
+        let h = c.health.as_ref();
+        let state = if !c.enabled || !c.record {
+            "disabled".to_string()
+        } else {
+            h.map(|h| h.state.as_str().to_string())
+                .unwrap_or_else(|| "starting".into())
+        };
+        let number = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+        let last = h
+            .and_then(|h| h.last_segment_at)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<16} {:<11} {:>6} {:>7} {:<20} {:>5}  {:<8} {}",
+            c.id,
+            state,
+            number(h.and_then(|h| h.fps)),
+            number(h.and_then(|h| h.bitrate_kbps)),
+            last,
+            h.map(|h| h.reconnects).unwrap_or(0),
+            c.source,
+            c.main_url.as_deref().unwrap_or("-"),
+        );
+        if let Some(err) = h
+            .and_then(|h| h.last_error.as_deref())
+            .filter(|_| h.is_some_and(|h| h.state != crate::media::CameraState::Recording))
+        {
+            let _ = writeln!(out, "{:<16} last error: {err}", "");
+        }
+    }
+    out
 }

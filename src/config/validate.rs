@@ -5,9 +5,17 @@
 
 use std::collections::HashMap;
 
-use super::model::{Config, SerialProtocol, ZoneKind};
+use super::model::{CameraConfig, Config, SerialConfig, SerialProtocol, ZoneKind};
 use super::rules::{Action, RelayOp, Trigger};
 use super::{Problem, is_valid_id};
+
+/// Problems of one camera on its own (uniqueness of its id is the caller's to check), with key
+/// names relative to the camera; used for cameras added at runtime.
+pub fn camera_problems(cam: &CameraConfig, serial: &[SerialConfig]) -> Vec<Problem> {
+    let mut v = Validator::default();
+    v.camera("", cam, serial);
+    v.problems
+}
 
 pub(super) fn validate(config: &Config) -> Vec<Problem> {
     let mut v = Validator::default();
@@ -165,61 +173,64 @@ impl Validator {
                 .map(|(i, cam)| (format!("cameras[{i}].id"), cam.id.as_str())),
         );
         for (i, cam) in c.cameras.iter().enumerate() {
-            let p = |key: &str| format!("cameras[{i}].{key}");
-            self.id(p("id"), &cam.id);
-            match (&cam.url, &cam.vendor, &cam.address) {
-                (Some(_), None, None) => {}
-                (None, Some(_), Some(_)) => {}
-                (Some(_), _, _) => self.fail(
-                    p("url"),
-                    "give either url (and sub_url) or vendor and address, not both",
+            self.camera(&format!("cameras[{i}]."), cam, &c.serial);
+        }
+    }
+
+    /// Checks one camera; `prefix` is prepended to key names (`cameras[1].` in a file).
+    fn camera(&mut self, prefix: &str, cam: &CameraConfig, serial: &[SerialConfig]) {
+        let p = |key: &str| format!("{prefix}{key}");
+        self.id(p("id"), &cam.id);
+        match (&cam.url, &cam.vendor, &cam.address) {
+            (Some(_), None, None) => {}
+            (None, Some(_), Some(_)) => {}
+            (Some(_), _, _) => self.fail(
+                p("url"),
+                "give either url (and sub_url) or vendor and address, not both",
+            ),
+            (None, Some(_), None) => self.fail(p("address"), "vendor needs an address"),
+            (None, None, Some(_)) => self.fail(p("vendor"), "address needs a vendor"),
+            (None, None, None) => self.fail(p("url"), "a camera needs url, or vendor and address"),
+        }
+        if cam.sub_url.is_some() && cam.url.is_none() {
+            self.fail(p("sub_url"), "sub_url needs url");
+        }
+        for (key, url) in [("url", &cam.url), ("sub_url", &cam.sub_url)] {
+            if let Some(url) = url {
+                self.stream_url(p(key), url);
+            }
+        }
+        if let Some(address) = &cam.address
+            && (address.is_empty() || address.contains(['/', '@', ' ']))
+        {
+            self.fail(
+                p("address"),
+                format!("{address:?} must be a host name or IP address"),
+            );
+        }
+        if cam.password_file.is_some() && cam.username.is_none() {
+            self.fail(p("password_file"), "needs username");
+        }
+        self.range_u64(p("segment_seconds"), cam.segment_seconds.into(), 2, 3600);
+        if let Some(r) = cam.retention
+            && r.get().as_secs() < 3600
+        {
+            self.fail(p("retention"), format!("must be at least 1h, got {r}"));
+        }
+        if let Some(ptz) = &cam.ptz {
+            match serial.iter().find(|s| s.name == ptz.port) {
+                None => self.fail(
+                    p("ptz.port"),
+                    format!("no [[serial]] port named {:?}", ptz.port),
                 ),
-                (None, Some(_), None) => self.fail(p("address"), "vendor needs an address"),
-                (None, None, Some(_)) => self.fail(p("vendor"), "address needs a vendor"),
-                (None, None, None) => {
-                    self.fail(p("url"), "a camera needs url, or vendor and address")
-                }
+                Some(s) if s.protocol != SerialProtocol::PelcoD => self.fail(
+                    p("ptz.port"),
+                    format!("serial port {:?} does not speak pelco-d", ptz.port),
+                ),
+                Some(_) => {}
             }
-            if cam.sub_url.is_some() && cam.url.is_none() {
-                self.fail(p("sub_url"), "sub_url needs url");
-            }
-            for (key, url) in [("url", &cam.url), ("sub_url", &cam.sub_url)] {
-                if let Some(url) = url {
-                    self.stream_url(p(key), url);
-                }
-            }
-            if let Some(address) = &cam.address
-                && (address.is_empty() || address.contains(['/', '@', ' ']))
-            {
-                self.fail(
-                    p("address"),
-                    format!("{address:?} must be a host name or IP address"),
-                );
-            }
-            if cam.password_file.is_some() && cam.username.is_none() {
-                self.fail(p("password_file"), "needs username");
-            }
-            self.range_u64(p("segment_seconds"), cam.segment_seconds.into(), 2, 3600);
-            if let Some(r) = cam.retention
-                && r.get().as_secs() < 3600
-            {
-                self.fail(p("retention"), format!("must be at least 1h, got {r}"));
-            }
-            if let Some(ptz) = &cam.ptz {
-                match c.serial.iter().find(|s| s.name == ptz.port) {
-                    None => self.fail(
-                        p("ptz.port"),
-                        format!("no [[serial]] port named {:?}", ptz.port),
-                    ),
-                    Some(s) if s.protocol != SerialProtocol::PelcoD => self.fail(
-                        p("ptz.port"),
-                        format!("serial port {:?} does not speak pelco-d", ptz.port),
-                    ),
-                    Some(_) => {}
-                }
-                if ptz.address == 0 {
-                    self.fail(p("ptz.address"), "must be 1..255, got 0");
-                }
+            if ptz.address == 0 {
+                self.fail(p("ptz.address"), "must be 1..255, got 0");
             }
         }
     }

@@ -29,6 +29,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState, SystemInfo, control::ControlListener};
 use crate::config::Config;
+use crate::media::Media;
+use crate::registry::Registry;
 use crate::store::{self, Store};
 
 /// How long services get to stop after SIGTERM before the daemon exits anyway. The systemd unit's
@@ -58,6 +60,13 @@ pub async fn run(
     let db = store::db_path(&config.data_dir);
     let store = tokio::task::spawn_blocking(move || Store::open(&db)).await??;
     let (boot, history) = store.record_boot().await?;
+    let registry = Registry::open(store.clone(), &config.cameras, &config.serial).await?;
+    let media = Media::new(
+        store.clone(),
+        registry.clone(),
+        &config.data_dir,
+        boot.started_at_ms,
+    );
     if history.previous_clean == Some(false) {
         tracing::warn!(
             unclean_total = history.unclean,
@@ -79,6 +88,8 @@ pub async fn run(
 
     let state = AppState {
         store: store.clone(),
+        registry: registry.clone(),
+        media: media.clone(),
         system: Arc::new(SystemInfo {
             device_id: config.device_id.clone(),
             board: board_source,
@@ -117,6 +128,10 @@ pub async fn run(
                 .await?;
             Ok(())
         }
+    });
+    services.spawn("media", {
+        let token = shutdown.clone();
+        async move { media.run(token).await }
     });
     if let Some(timeout) = notify::watchdog_interval() {
         services.spawn("watchdog", {

@@ -29,6 +29,7 @@ use rusqlite::{Connection, ErrorCode};
 pub use boots::{Boot, BootHistory};
 pub use check::{CheckReport, check};
 pub use migrate::{LATEST_VERSION, MIGRATIONS, Migration};
+pub use read::open_read_only;
 pub use writer::WriterStats;
 
 /// How long a connection waits on a lock held by another process (the `sqlite3` shell, a backup)

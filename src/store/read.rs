@@ -44,8 +44,8 @@ impl ReadPool {
     }
 }
 
-/// Opens a connection that cannot write, even by mistake.
-pub(super) fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+/// Opens a connection that cannot write, even by mistake (also for offline checks).
+pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY

@@ -3,4 +3,5 @@
 mod config;
 mod daemon;
 mod fixtures;
+mod media;
 mod store;

@@ -1,0 +1,240 @@
+//! Cameras and their recordings: `/api/v1/cameras...` and `/api/v1/health/cameras`.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::config::model::CameraConfig;
+use crate::config::secret::Secret;
+use crate::media::index::{self, Gap, Range, Segment};
+use crate::media::{CameraHealth, url};
+use crate::registry::{Camera, RegistryError, Source};
+use crate::store::StoreError;
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            RegistryError::FileOwned(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            RegistryError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            RegistryError::Store(s) => s.into(),
+            RegistryError::Internal(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+/// A camera as the API shows it: settings without secrets, toggles, and health.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CameraView {
+    pub id: String,
+    pub name: Option<String>,
+    pub source: String,
+    pub enabled: bool,
+    pub record: bool,
+    pub detect: bool,
+    /// Stream URLs as used (templates expanded); they never carry credentials.
+    pub main_url: Option<String>,
+    pub sub_url: Option<String>,
+    pub username: Option<String>,
+    pub has_password: bool,
+    pub segment_seconds: u32,
+    pub health: Option<CameraHealth>,
+}
+
+impl CameraView {
+    fn new(c: &Camera, health: Option<CameraHealth>) -> Self {
+        let s = &c.settings;
+        CameraView {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            source: match c.source {
+                Source::File => "file".into(),
+                Source::Runtime => "runtime".into(),
+            },
+            enabled: c.enabled,
+            record: c.record,
+            detect: c.detect,
+            main_url: url::stream_url(s, crate::config::model::StreamProfile::Main),
+            sub_url: url::stream_url(s, crate::config::model::StreamProfile::Sub),
+            username: s.username.clone(),
+            has_password: c.password().is_some(),
+            segment_seconds: s.segment_seconds,
+            health,
+        }
+    }
+}
+
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Vec<CameraView>>, ApiError> {
+    let cameras = state.registry.cameras().await?;
+    Ok(Json(
+        cameras
+            .iter()
+            .map(|c| CameraView::new(c, state.media.health().get(c.id())))
+            .collect(),
+    ))
+}
+
+pub(super) async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CameraView>, ApiError> {
+    check_id(&id)?;
+    let camera = state
+        .registry
+        .camera(&id)
+        .await?
+        .ok_or(RegistryError::NotFound(id))?;
+    Ok(Json(CameraView::new(
+        &camera,
+        state.media.health().get(camera.id()),
+    )))
+}
+
+/// `POST /api/v1/cameras`: the camera's `heldar.toml` keys as JSON, plus an optional `password`.
+pub(super) async fn put(
+    State(state): State<AppState>,
+    body: axum::body::Bytes,
+) -> Result<Json<CameraView>, ApiError> {
+    let mut value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
+    let password = match value.as_object_mut().and_then(|o| o.remove("password")) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(p)) => Some(Secret::new(p)),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "password: must be a string",
+            ));
+        }
+    };
+    let settings: CameraConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{path}: {}", e.into_inner()),
+        )
+    })?;
+    let camera = state.registry.put_camera(settings, password).await?;
+    Ok(Json(CameraView::new(&camera, None)))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_id(&id)?;
+    state.registry.delete_camera(&id).await?;
+    Ok(Json(serde_json::json!({ "removed": id })))
+}
+
+pub(super) async fn health(State(state): State<AppState>) -> Json<Vec<CameraHealth>> {
+    Json(state.media.health().all())
+}
+
+/// `from`/`to` as RFC 3339; the default window is the last 24 hours.
+#[derive(Debug, Deserialize)]
+pub(super) struct Window {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: Option<u32>,
+}
+
+impl Window {
+    fn bounds(&self) -> Result<(i64, i64), ApiError> {
+        let to = self.to.unwrap_or_else(Utc::now).timestamp_millis();
+        let from = self
+            .from
+            .map(|f| f.timestamp_millis())
+            .unwrap_or(to - 86_400_000);
+        if from > to {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "from must not be after to",
+            ));
+        }
+        Ok((from, to))
+    }
+}
+
+pub(super) async fn segments(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(w): Query<Window>,
+) -> Result<Json<Vec<Segment>>, ApiError> {
+    check_id(&id)?;
+    let (from, to) = w.bounds()?;
+    let limit = w.limit.unwrap_or(500).clamp(1, 5000);
+    let rows = state
+        .store
+        .read(move |c| Ok::<_, StoreError>(index::segments(c, &id, from, to, limit)?))
+        .await?;
+    Ok(Json(rows))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Timeline {
+    pub camera_id: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub ranges: Vec<Range>,
+    pub recorded_ms: i64,
+    pub segment_count: usize,
+}
+
+pub(super) async fn timeline(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(w): Query<Window>,
+) -> Result<Json<Timeline>, ApiError> {
+    check_id(&id)?;
+    let (from, to) = w.bounds()?;
+    let camera_id = id.clone();
+    let rows = state
+        .store
+        .read(move |c| Ok::<_, StoreError>(index::segments(c, &id, from, to, u32::MAX)?))
+        .await?;
+    let ranges = index::merge_ranges(&rows);
+    let recorded_ms = ranges
+        .iter()
+        .map(|r| r.end_ms.min(to) - r.start_ms.max(from))
+        .sum();
+    Ok(Json(Timeline {
+        camera_id,
+        from_ms: from,
+        to_ms: to,
+        ranges,
+        recorded_ms,
+        segment_count: rows.len(),
+    }))
+}
+
+pub(super) async fn gaps(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(w): Query<Window>,
+) -> Result<Json<Vec<Gap>>, ApiError> {
+    check_id(&id)?;
+    let (from, to) = w.bounds()?;
+    let rows = state
+        .store
+        .read(move |c| Ok::<_, StoreError>(index::gaps(c, &id, from, to)?))
+        .await?;
+    Ok(Json(rows))
+}
+
+/// Ids reach file paths and SQL parameters; refuse anything that is not an id before using it.
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if crate::config::is_valid_id(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{id:?} is not a valid camera id"),
+        ))
+    }
+}

@@ -1,0 +1,224 @@
+//! Media: the DVR half of the box. Each recording camera gets a GStreamer pipeline and a
+//! supervisor that keeps it running; closed segments are made durable and indexed.
+//!
+//! Owns: `data_dir/recordings/`, the `segments`, `gaps` and `camera_health` tables, and every
+//! GStreamer pipeline that talks to a camera.
+//! Does not own: which cameras exist (the [`crate::registry`]); media follows the registry.
+//!
+//! Entry point: [`Media::run`] reconciles running supervisors with the registry at start and after
+//! every registry change, touching only the cameras whose stream settings changed, so adding or
+//! removing one camera never interrupts another.
+
+mod health;
+pub mod index;
+mod pipeline;
+pub mod probe;
+pub mod reconcile;
+mod supervisor;
+pub mod synthetic;
+pub mod url;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use health::{CameraHealth, CameraState, HealthBoard};
+
+use crate::config::model::{CameraConfig, RtspTransport, Vendor};
+use crate::config::secret::Secret;
+use crate::registry::{Camera, Registry};
+use crate::store::Store;
+
+/// What the supervisors share.
+pub(crate) struct MediaContext {
+    pub store: Store,
+    pub health: HealthBoard,
+    pub recordings_dir: PathBuf,
+    /// Start of this daemon run, to tell daemon downtime from camera downtime in gaps.
+    pub boot_started_ms: i64,
+}
+
+/// The settings whose change needs a new pipeline; anything else (name, retention, priority)
+/// applies without touching a running stream.
+#[derive(Clone, PartialEq)]
+struct StreamKey {
+    url: Option<String>,
+    sub_url: Option<String>,
+    vendor: Option<Vendor>,
+    address: Option<String>,
+    port: Option<u16>,
+    channel: Option<u32>,
+    username: Option<String>,
+    password: Option<Secret>,
+    transport: RtspTransport,
+    segment_seconds: u32,
+}
+
+impl StreamKey {
+    fn of(c: &CameraConfig) -> Self {
+        StreamKey {
+            url: c.url.clone(),
+            sub_url: c.sub_url.clone(),
+            vendor: c.vendor,
+            address: c.address.clone(),
+            port: c.port,
+            channel: c.channel,
+            username: c.username.clone(),
+            password: c.password.clone(),
+            transport: c.transport,
+            segment_seconds: c.segment_seconds,
+        }
+    }
+}
+
+struct Running {
+    key: StreamKey,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The media service; cheap to clone.
+#[derive(Clone)]
+pub struct Media {
+    ctx: Arc<MediaContext>,
+    registry: Registry,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+}
+
+impl Media {
+    pub fn new(
+        store: Store,
+        registry: Registry,
+        data_dir: &std::path::Path,
+        boot_started_ms: i64,
+    ) -> Media {
+        let ctx = MediaContext {
+            health: HealthBoard::new(store.clone()),
+            store,
+            recordings_dir: data_dir.join("recordings"),
+            boot_started_ms,
+        };
+        Media {
+            ctx: Arc::new(ctx),
+            registry,
+            running: Arc::default(),
+        }
+    }
+
+    pub fn health(&self) -> &HealthBoard {
+        &self.ctx.health
+    }
+
+    /// Reconciles files and index, then runs until `shutdown`, then stops every camera
+    /// (finalizing open segments).
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let report = reconcile::reconcile(
+            &self.ctx.store,
+            &self.ctx.recordings_dir,
+            self.ctx.boot_started_ms,
+        )
+        .await?;
+        if report != reconcile::ReconcileReport::default() {
+            tracing::warn!(
+                indexed = report.indexed.len(),
+                moved_aside = report.moved_aside.len(),
+                rows_removed = report.rows_removed.len(),
+                "start-up reconcile repaired the recording index"
+            );
+        }
+        let mut changes = self.registry.subscribe();
+        loop {
+            if let Err(e) = self.reconcile().await {
+                tracing::error!(error = %e, "cannot read the camera registry; retrying in 5s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+            }
+        }
+        let all: Vec<Running> = self.lock().drain().map(|(_, r)| r).collect();
+        stop_all(all).await;
+        Ok(())
+    }
+
+    async fn reconcile(&self) -> Result<(), crate::registry::RegistryError> {
+        let cameras = self.registry.cameras().await?;
+        let wanted: HashMap<String, Camera> = cameras
+            .iter()
+            .filter(|c| c.enabled && c.record)
+            .map(|c| (c.id().to_string(), c.clone()))
+            .collect();
+        let to_stop: Vec<(String, Running)> = {
+            let mut running = self.lock();
+            let stale: Vec<String> = running
+                .iter()
+                .filter(|(id, r)| {
+                    wanted
+                        .get(*id)
+                        .is_none_or(|c| StreamKey::of(&c.settings) != r.key)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            stale
+                .into_iter()
+                .filter_map(|id| running.remove(&id).map(|r| (id, r)))
+                .collect()
+        };
+        for (id, _) in &to_stop {
+            tracing::info!(camera = %id, "stopping camera pipeline");
+        }
+        stop_all(to_stop.into_iter().map(|(_, r)| r).collect()).await;
+
+        for camera in &cameras {
+            if !wanted.contains_key(camera.id()) {
+                self.ctx
+                    .health
+                    .record(camera.id(), |h| h.state = CameraState::Disabled)
+                    .await;
+            }
+        }
+        let known: Vec<&str> = cameras.iter().map(Camera::id).collect();
+        for h in self.ctx.health.all() {
+            if !known.contains(&h.camera_id.as_str()) {
+                self.ctx.health.forget(&h.camera_id);
+            }
+        }
+        let mut running = self.lock();
+        for (id, camera) in wanted {
+            if running.contains_key(&id) {
+                continue;
+            }
+            let stop = CancellationToken::new();
+            let key = StreamKey::of(&camera.settings);
+            let task = tokio::spawn(supervisor::supervise(
+                self.ctx.clone(),
+                camera,
+                stop.clone(),
+            ));
+            running.insert(id, Running { key, stop, task });
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Stops supervisors in parallel and waits for each to finalize its segment.
+async fn stop_all(all: Vec<Running>) {
+    for r in &all {
+        r.stop.cancel();
+    }
+    for r in all {
+        if let Err(e) = r.task.await {
+            tracing::error!(error = %e, "camera supervisor panicked");
+        }
+    }
+}

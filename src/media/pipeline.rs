@@ -1,0 +1,483 @@
+//! One camera stream's GStreamer pipeline.
+//!
+//! ```text
+//! rtspsrc ─(video only)─ depay ─ parse ─ tee ─┬─ queue ─ splitmuxsink (matroskamux → unbuffered filesink)
+//!                                   │         └─ queue (leaky) ─ appsink "frames"
+//!                                   └─ probe: frames, bytes, keyframes, caps (health and stall watchdog)
+//! ```
+//!
+//! Invariant M1: one RTSP session per stream, and recording is stream copy: nothing on the
+//! recording path decodes or encodes. The frames branch is leaky, so a slow consumer of frames
+//! (snapshot, sampler) can never stall recording. Invariant S4: Matroska through an unbuffered
+//! `filesink` stays playable up to the last written cluster when power is cut mid-file.
+//!
+//! Streaming-thread callbacks here only copy references, update atomics and return; they never
+//! block on the store or hold a strong reference to the pipeline.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use gstreamer_app as gst_app;
+
+use crate::config::model::RtspTransport;
+use crate::config::secret::{Secret, redact_url};
+
+/// What to build.
+pub struct StreamSpec {
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub transport: RtspTransport,
+    /// `None`: no recording branch (a stream used only for frames).
+    pub record: Option<RecordSpec>,
+}
+
+pub struct RecordSpec {
+    /// `recordings/<camera>`; files go to `<dir>/<YYYY-MM-DD>/<start>.mkv`.
+    pub dir: PathBuf,
+    /// Target segment length; the GOP decides the real one (cuts happen on keyframes).
+    pub segment: Duration,
+}
+
+/// Codec and size of the stream, from the negotiated caps.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StreamInfo {
+    pub codec: String,
+    pub width: Option<i32>,
+    pub height: Option<i32>,
+}
+
+/// Figures the streaming thread keeps for the supervisor; all lock-free except `info`.
+pub struct StreamStats {
+    created: Instant,
+    pub frames: AtomicU64,
+    pub bytes: AtomicU64,
+    pub keyframes: AtomicU64,
+    /// Milliseconds since `created` at the last buffer (0: none yet).
+    last_buffer_ms: AtomicU64,
+    /// Running time of the last keyframe, in ms, and the interval before it.
+    last_keyframe_rt_ms: AtomicU64,
+    pub gop_ms: AtomicU64,
+    pub info: Mutex<Option<StreamInfo>>,
+    /// The newest keyframe with its caps: what a snapshot decodes when nobody samples frames.
+    pub latest_keyframe: Mutex<Option<gst::Sample>>,
+    /// Wall clock (Unix ms) at running time zero, fixed on first use so that file names and
+    /// segment rows use the same mapping.
+    wall_at_zero_ms: OnceLock<i64>,
+}
+
+impl StreamStats {
+    fn new() -> Self {
+        StreamStats {
+            created: Instant::now(),
+            frames: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            keyframes: AtomicU64::new(0),
+            last_buffer_ms: AtomicU64::new(0),
+            last_keyframe_rt_ms: AtomicU64::new(0),
+            gop_ms: AtomicU64::new(0),
+            info: Mutex::new(None),
+            latest_keyframe: Mutex::new(None),
+            wall_at_zero_ms: OnceLock::new(),
+        }
+    }
+
+    /// Time since the last buffer, or since the pipeline was built if none came yet.
+    pub fn idle_for(&self) -> Duration {
+        let now = self.created.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_buffer_ms.load(Ordering::Relaxed)))
+    }
+
+    pub fn has_flowed(&self) -> bool {
+        self.last_buffer_ms.load(Ordering::Relaxed) > 0
+    }
+
+    /// Wall clock (Unix ms) of a running time, using the pipeline's clock and base time.
+    pub fn wall_ms(&self, element: &gst::Element, running_time: gst::ClockTime) -> i64 {
+        let zero = *self.wall_at_zero_ms.get_or_init(|| {
+            let now_wall = chrono::Utc::now().timestamp_millis();
+            let running_now = match (element.clock(), element.base_time()) {
+                (Some(clock), Some(base)) => clock.time().saturating_sub(base).mseconds() as i64,
+                _ => 0,
+            };
+            now_wall - running_now
+        });
+        zero + running_time.mseconds() as i64
+    }
+
+    fn on_buffer(&self, buffer: &gst::BufferRef) {
+        let now = (self.created.elapsed().as_millis() as u64).max(1);
+        self.last_buffer_ms.store(now, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add(buffer.size() as u64, Ordering::Relaxed);
+        if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
+            self.keyframes.fetch_add(1, Ordering::Relaxed);
+            if let Some(pts) = buffer.pts() {
+                let rt = pts.mseconds();
+                let previous = self.last_keyframe_rt_ms.swap(rt, Ordering::Relaxed);
+                if previous > 0 && rt > previous {
+                    self.gop_ms.store(rt - previous, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
+
+/// A built pipeline; set to `Null` when dropped, on every exit path.
+pub struct StreamPipeline {
+    pub pipeline: gst::Pipeline,
+    pub stats: Arc<StreamStats>,
+    record_queue: Option<gst::Element>,
+    frames_queue: gst::Element,
+    smux: Option<gst::Element>,
+}
+
+/// A bus message the supervisor acts on.
+#[derive(Debug)]
+pub enum PipelineEvent {
+    FragmentOpened {
+        path: PathBuf,
+        running_time: gst::ClockTime,
+    },
+    FragmentClosed {
+        path: PathBuf,
+        running_time: gst::ClockTime,
+    },
+    /// Masked text: an element's error and its debug detail.
+    Error(String),
+    Eos,
+}
+
+/// Turns a bus message into an event, or `None` for messages nobody needs.
+pub fn classify(msg: &gst::Message) -> Option<PipelineEvent> {
+    use gst::MessageView;
+    match msg.view() {
+        MessageView::Error(e) => {
+            // GStreamer's debug text ends with the useful detail ("Not Found", "Unauthorized")
+            // after source-file locations nobody on a box can use.
+            let detail = e
+                .debug()
+                .and_then(|d| {
+                    d.lines()
+                        .last()
+                        .map(|l| l.trim().trim_end_matches(':').to_string())
+                })
+                .filter(|d| !d.is_empty())
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default();
+            let text = format!("{}{detail}", e.error().to_string().trim_end_matches('.'));
+            Some(PipelineEvent::Error(redact_url(&text)))
+        }
+        MessageView::Eos(_) => Some(PipelineEvent::Eos),
+        MessageView::Element(e) => {
+            let s = e.structure()?;
+            let path = PathBuf::from(s.get::<String>("location").ok()?);
+            let running_time = s
+                .get::<u64>("running-time")
+                .ok()
+                .map(gst::ClockTime::from_nseconds)?;
+            match s.name().as_str() {
+                "splitmuxsink-fragment-opened" => {
+                    Some(PipelineEvent::FragmentOpened { path, running_time })
+                }
+                "splitmuxsink-fragment-closed" => {
+                    Some(PipelineEvent::FragmentClosed { path, running_time })
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Why a pipeline could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BuildError(String);
+
+impl From<gst::glib::BoolError> for BuildError {
+    fn from(e: gst::glib::BoolError) -> Self {
+        BuildError(format!("{e} (is the GStreamer plugin package installed?)"))
+    }
+}
+
+impl StreamPipeline {
+    pub fn build(spec: StreamSpec) -> Result<StreamPipeline, BuildError> {
+        let pipeline = gst::Pipeline::new();
+        let stats = Arc::new(StreamStats::new());
+        let src = gst::ElementFactory::make("rtspsrc")
+            .property("location", &spec.url)
+            .property("latency", 200u32)
+            // A camera that accepts the connection but never answers fails within this time.
+            .property("tcp-timeout", 10_000_000u64)
+            .property_from_str(
+                "protocols",
+                match spec.transport {
+                    RtspTransport::Tcp => "tcp",
+                    RtspTransport::Udp => "udp",
+                },
+            )
+            .build()?;
+        if let Some(user) = &spec.username {
+            src.set_property("user-id", user);
+        }
+        if let Some(pw) = &spec.password {
+            src.set_property("user-pw", pw.expose());
+        }
+        let tee = gst::ElementFactory::make("tee").name("tee").build()?;
+        let frames_queue = gst::ElementFactory::make("queue")
+            .property_from_str("leaky", "downstream")
+            .property("max-size-buffers", 30u32)
+            .property("max-size-bytes", 0u32)
+            .property("max-size-time", 0u64)
+            .build()?;
+        let frames = gst_app::AppSink::builder()
+            .name("frames")
+            .sync(false)
+            .max_buffers(2)
+            .drop(true)
+            .build();
+        pipeline.add_many([&src, &tee, &frames_queue, frames.upcast_ref()])?;
+        gst::Element::link_many([&tee, &frames_queue, frames.upcast_ref()])?;
+
+        let keyframes = stats.clone();
+        frames.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let is_key = sample
+                        .buffer()
+                        .is_some_and(|b| !b.flags().contains(gst::BufferFlags::DELTA_UNIT));
+                    if is_key && let Ok(mut slot) = keyframes.latest_keyframe.lock() {
+                        *slot = Some(sample);
+                    }
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+
+        let (record_queue, smux) = match spec.record {
+            Some(record) => {
+                let (queue, smux) = add_recording_branch(&pipeline, &tee, record, stats.clone())?;
+                (Some(queue), Some(smux))
+            }
+            None => (None, None),
+        };
+
+        // Only the first video stream is set up: audio and metadata would cost bandwidth and
+        // leave pads nobody links.
+        let chosen = Arc::new(Mutex::new(false));
+        src.connect("select-stream", false, move |args| {
+            let caps = args.get(2).and_then(|v| v.get::<gst::Caps>().ok());
+            let is_video = caps
+                .as_ref()
+                .and_then(|c| c.structure(0))
+                .and_then(|s| s.get::<&str>("media").ok())
+                .is_some_and(|m| m == "video");
+            let mut taken = chosen.lock().unwrap_or_else(|e| e.into_inner());
+            let select = is_video && !*taken;
+            *taken |= select;
+            Some(select.to_value())
+        });
+        let weak_pipeline = pipeline.downgrade();
+        let link_stats = stats.clone();
+        src.connect_pad_added(move |_, pad| {
+            let Some(pipeline) = weak_pipeline.upgrade() else {
+                return;
+            };
+            if let Err(e) = link_video_pad(&pipeline, pad, &link_stats) {
+                let element = pipeline.upcast_ref::<gst::Element>();
+                gst::element_error!(element, gst::StreamError::CodecNotFound, ("{}", e.0));
+            }
+        });
+
+        Ok(StreamPipeline {
+            pipeline,
+            stats,
+            record_queue,
+            frames_queue,
+            smux,
+        })
+    }
+
+    /// Sets the target segment length from the GOP observed: splitmuxsink cuts at the first
+    /// keyframe past `max-size-time` minus the GOP in flight, so the target gets half a GOP added.
+    pub fn tune_segment_length(&self, segment: Duration, gop: Duration) {
+        if let Some(smux) = &self.smux {
+            let target = segment + gop / 2;
+            smux.set_property("max-size-time", target.as_nanos() as u64);
+        }
+    }
+
+    /// Ends both branches with EOS so the open segment is finalized; the bus then reports the
+    /// closed fragment and EOS. Works whatever state the source is in.
+    pub fn finish(&self) {
+        for queue in self
+            .record_queue
+            .iter()
+            .chain(std::iter::once(&self.frames_queue))
+        {
+            if let Some(pad) = queue.static_pad("sink") {
+                pad.send_event(gst::event::Eos::new());
+            }
+        }
+    }
+}
+
+impl Drop for StreamPipeline {
+    fn drop(&mut self) {
+        let _ = self.pipeline.set_state(gst::State::Null);
+    }
+}
+
+fn add_recording_branch(
+    pipeline: &gst::Pipeline,
+    tee: &gst::Element,
+    record: RecordSpec,
+    stats: Arc<StreamStats>,
+) -> Result<(gst::Element, gst::Element), BuildError> {
+    // Bounded: a disk that stalls for longer than this backs up into the RTSP session, which is
+    // noticed (stall watchdog) instead of silently growing memory.
+    let queue = gst::ElementFactory::make("queue")
+        .property("max-size-buffers", 0u32)
+        .property("max-size-bytes", 64u32 << 20)
+        .property("max-size-time", 10_000_000_000u64)
+        .build()?;
+    let unbuffered = gst::Structure::builder("properties")
+        .field("buffer-mode", 2i32)
+        .field("sync", false)
+        .build();
+    let smux = gst::ElementFactory::make("splitmuxsink")
+        .property("async-finalize", true)
+        .property("muxer-factory", "matroskamux")
+        .property("sink-factory", "filesink")
+        .property("sink-properties", unbuffered)
+        // Until the GOP is known, assume one of up to 2 s (see `tune_segment_length`).
+        .property(
+            "max-size-time",
+            (record.segment + Duration::from_secs(1)).as_nanos() as u64,
+        )
+        .build()?;
+    let dir = record.dir;
+    smux.connect("format-location-full", false, move |args| {
+        let element = args[0].get::<gst::Element>().ok()?;
+        let sample = args[2].get::<gst::Sample>().ok()?;
+        let running_time = sample
+            .buffer()
+            .and_then(|b| b.pts())
+            .zip(sample.segment())
+            .and_then(|(pts, seg)| seg.downcast_ref::<gst::ClockTime>()?.to_running_time(pts))
+            .unwrap_or(gst::ClockTime::ZERO);
+        let start_ms = stats.wall_ms(&element, running_time);
+        match segment_path(&dir, start_ms) {
+            Ok(path) => Some(path.to_string_lossy().to_value()),
+            Err(e) => {
+                gst::element_error!(
+                    element,
+                    gst::ResourceError::OpenWrite,
+                    ("cannot create {}: {e}", dir.display())
+                );
+                None
+            }
+        }
+    });
+    pipeline.add_many([&queue, &smux])?;
+    gst::Element::link_many([tee, &queue, &smux])?;
+    Ok((queue, smux))
+}
+
+/// `<dir>/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.mmmZ>.mkv` for a segment starting at `start_ms`; the
+/// date directory is created, and a name already taken gets a suffix.
+pub fn segment_path(dir: &Path, start_ms: i64) -> std::io::Result<PathBuf> {
+    let t = chrono::DateTime::from_timestamp_millis(start_ms).unwrap_or_default();
+    let day = dir.join(t.format("%Y-%m-%d").to_string());
+    std::fs::create_dir_all(&day)?;
+    let stem = t.format("%Y%m%dT%H%M%S%.3fZ").to_string();
+    let mut path = day.join(format!("{stem}.mkv"));
+    let mut n = 1;
+    while path.exists() {
+        path = day.join(format!("{stem}-{n}.mkv"));
+        n += 1;
+    }
+    Ok(path)
+}
+
+/// Links a new rtspsrc pad: depayloader and parser for its codec, then the tee.
+fn link_video_pad(
+    pipeline: &gst::Pipeline,
+    pad: &gst::Pad,
+    stats: &Arc<StreamStats>,
+) -> Result<(), BuildError> {
+    let caps = pad
+        .current_caps()
+        .ok_or_else(|| BuildError("stream pad without caps".into()))?;
+    let s = caps
+        .structure(0)
+        .ok_or_else(|| BuildError("empty caps".into()))?;
+    let encoding = s
+        .get::<&str>("encoding-name")
+        .unwrap_or("")
+        .to_ascii_uppercase();
+    let (depay, parse, codec) = match encoding.as_str() {
+        "H264" => ("rtph264depay", "h264parse", "h264"),
+        "H265" => ("rtph265depay", "h265parse", "h265"),
+        other => {
+            return Err(BuildError(format!(
+                "unsupported video codec {other:?}: cameras must send H.264 or H.265"
+            )));
+        }
+    };
+    let depay = gst::ElementFactory::make(depay).build()?;
+    // SPS/PPS before every keyframe, so every segment and every keyframe decodes on its own.
+    let parse = gst::ElementFactory::make(parse)
+        .property("config-interval", -1i32)
+        .build()?;
+    let tee = pipeline
+        .by_name("tee")
+        .ok_or_else(|| BuildError("tee missing".into()))?;
+    pipeline.add_many([&depay, &parse])?;
+    gst::Element::link_many([&depay, &parse, &tee])?;
+    for e in [&depay, &parse] {
+        e.sync_state_with_parent()?;
+    }
+    let sink = depay
+        .static_pad("sink")
+        .ok_or_else(|| BuildError("depayloader without sink pad".into()))?;
+    pad.link(&sink)
+        .map_err(|e| BuildError(format!("cannot link the camera's stream: {e:?}")))?;
+
+    let tee_sink = tee
+        .static_pad("sink")
+        .ok_or_else(|| BuildError("tee without sink pad".into()))?;
+    let probe_stats = stats.clone();
+    let codec = codec.to_string();
+    tee_sink.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            match &info.data {
+                Some(gst::PadProbeData::Buffer(buffer)) => probe_stats.on_buffer(buffer),
+                Some(gst::PadProbeData::Event(event)) => {
+                    if let gst::EventView::Caps(c) = event.view() {
+                        let s = c.caps().structure(0);
+                        let info = StreamInfo {
+                            codec: codec.clone(),
+                            width: s.and_then(|s| s.get::<i32>("width").ok()),
+                            height: s.and_then(|s| s.get::<i32>("height").ok()),
+                        };
+                        if let Ok(mut slot) = probe_stats.info.lock() {
+                            *slot = Some(info);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! One camera's supervisor: builds its pipeline, watches it, indexes its segments, and rebuilds
+//! it after any failure, forever (invariant M2).
+//!
+//! Failure policy:
+//! - An error on the bus, an end of stream, or no buffer for `max(10 s, 3 × GOP)` (a stalled
+//!   stream) ends the run: the open segment is finalized and indexed, the state becomes
+//!   `offline` with the masked reason, and the pipeline is rebuilt after a backoff.
+//! - The backoff grows 1 s → 30 s with ±20 % jitter and resets after 30 s of healthy recording. While
+//!   waiting, the camera's TCP port is probed once a second; when a refused port starts accepting,
+//!   the wait ends at once, so a camera that comes back is recording again within about a second
+//!   and a GOP, while one that answers wrongly (bad path, bad password) is not hammered.
+//! - A failing camera touches nothing but its own pipeline and rows.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use gstreamer as gst;
+use gstreamer::prelude::*;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use super::MediaContext;
+use super::health::CameraState;
+use super::index::{self, NewSegment};
+use super::pipeline::{PipelineEvent, RecordSpec, StreamPipeline, StreamSpec};
+use super::url::stream_url;
+use crate::config::model::StreamProfile;
+use crate::config::secret::redact_url;
+use crate::registry::Camera;
+use crate::store::StoreError;
+
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A run this long resets the backoff.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+const STALL_MIN: Duration = Duration::from_secs(10);
+/// How long a stopping pipeline gets to finalize its open segment.
+const FINALIZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a run ended.
+enum RunEnd {
+    /// Asked to stop (camera removed or changed, daemon stopping).
+    Stopped,
+    /// The camera failed; the text is masked.
+    Failed(String),
+}
+
+pub(super) async fn supervise(ctx: Arc<MediaContext>, camera: Camera, stop: CancellationToken) {
+    let id = camera.id().to_string();
+    let Some(url) = stream_url(&camera.settings, StreamProfile::Main) else {
+        // Validation makes this unreachable for stored cameras; say so plainly if it happens.
+        ctx.health
+            .record(&id, |h| {
+                h.state = CameraState::Error;
+                h.last_error = Some("no stream URL: set url, or vendor and address".into());
+            })
+            .await;
+        return;
+    };
+    let probe_addr = tcp_address(&url);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        ctx.health
+            .record(&id, |h| h.state = CameraState::Connecting)
+            .await;
+        let started = Instant::now();
+        let end = run_once(&ctx, &camera, &url, &stop).await;
+        if let RunEnd::Failed(reason) = &end {
+            tracing::warn!(camera = %id, reason = %reason, "camera stream failed; retrying");
+            ctx.health
+                .record(&id, |h| {
+                    h.state = CameraState::Offline;
+                    h.reconnects += 1;
+                    h.last_error = Some(reason.clone());
+                    h.fps = None;
+                    h.bitrate_kbps = None;
+                })
+                .await;
+        }
+        if matches!(end, RunEnd::Stopped) || stop.is_cancelled() {
+            return;
+        }
+        if started.elapsed() >= HEALTHY_RUN {
+            backoff = BACKOFF_MIN;
+        }
+        let jittered = backoff.mul_f64(rand::rng().random_range(0.8..1.2));
+        wait_before_retry(probe_addr.as_deref(), jittered, &stop).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        if stop.is_cancelled() {
+            return;
+        }
+    }
+}
+
+async fn run_once(
+    ctx: &MediaContext,
+    camera: &Camera,
+    url: &str,
+    stop: &CancellationToken,
+) -> RunEnd {
+    let id = camera.id();
+    let settings = &camera.settings;
+    let segment = Duration::from_secs(settings.segment_seconds.into());
+    let camera_dir = ctx.recordings_dir.join(id);
+    if let Err(e) = create_dir_durably(&camera_dir) {
+        return RunEnd::Failed(format!("cannot create {}: {e}", camera_dir.display()));
+    }
+    let spec = StreamSpec {
+        url: url.to_string(),
+        username: settings.username.clone(),
+        password: camera.password().cloned(),
+        transport: settings.transport,
+        record: Some(RecordSpec {
+            dir: camera_dir,
+            segment,
+        }),
+    };
+    let stream = match StreamPipeline::build(spec) {
+        Ok(p) => p,
+        Err(e) => return RunEnd::Failed(format!("cannot build the pipeline: {e}")),
+    };
+    let Some(bus) = stream.pipeline.bus() else {
+        return RunEnd::Failed("pipeline without a bus".into());
+    };
+    let mut messages = bus.stream();
+    if let Err(e) = stream.pipeline.set_state(gst::State::Playing) {
+        return RunEnd::Failed(format!("cannot start the pipeline: {e}"));
+    }
+    tracing::info!(camera = %id, url = %redact_url(url), "connecting");
+
+    // With async finalize the next fragment opens before the previous one is closed.
+    let mut open: HashMap<PathBuf, gst::ClockTime> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut rate = RateMeter::default();
+    let mut tuned_gop_ms = 0;
+    let end = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break RunEnd::Stopped,
+            message = messages.next() => {
+                let Some(message) = message else { break RunEnd::Failed("pipeline bus closed".into()) };
+                match super::pipeline::classify(&message) {
+                    Some(PipelineEvent::FragmentOpened { path, running_time }) => {
+                        open.insert(path, running_time);
+                    }
+                    Some(PipelineEvent::FragmentClosed { path, running_time }) => {
+                        close_fragment(ctx, camera, &stream, &mut open, path, running_time).await;
+                    }
+                    Some(PipelineEvent::Error(e)) => break RunEnd::Failed(e),
+                    Some(PipelineEvent::Eos) => break RunEnd::Failed("the camera ended the stream".into()),
+                    None => {}
+                }
+            }
+            _ = tick.tick() => {
+                let stats = &stream.stats;
+                let gop_ms = stats.gop_ms.load(std::sync::atomic::Ordering::Relaxed);
+                let stall = STALL_MIN.max(Duration::from_millis(3 * gop_ms));
+                if stats.idle_for() > stall {
+                    break RunEnd::Failed(if stats.has_flowed() {
+                        format!("stalled: no video for {}s", stall.as_secs())
+                    } else {
+                        format!("no video within {}s (no answer, or the stream never started)", stall.as_secs())
+                    });
+                }
+                if stats.has_flowed() {
+                    if gop_ms > 0 && gop_ms != tuned_gop_ms {
+                        stream.tune_segment_length(segment, Duration::from_millis(gop_ms));
+                        tuned_gop_ms = gop_ms;
+                    }
+                    let (fps, kbps) = rate.sample(stats);
+                    let info = stats.info.lock().ok().and_then(|i| i.clone());
+                    let recording = ctx.health.get(id).is_some_and(|h| h.state == CameraState::Recording);
+                    if recording {
+                        ctx.health.observe(id, |h| {
+                            h.fps = fps.or(h.fps);
+                            h.bitrate_kbps = kbps.or(h.bitrate_kbps);
+                            h.gop_ms = (gop_ms > 0).then_some(gop_ms);
+                        });
+                    } else {
+                        tracing::info!(camera = %id, "recording");
+                        ctx.health.record(id, |h| {
+                            h.state = CameraState::Recording;
+                            if let Some(info) = info {
+                                h.codec = Some(info.codec);
+                                h.width = info.width;
+                                h.height = info.height;
+                            }
+                        }).await;
+                    }
+                }
+            }
+        }
+    };
+
+    // Finalize the open segment whatever ended the run: EOS into both branches, then wait for
+    // the muxer to close the file.
+    stream.finish();
+    let deadline = tokio::time::sleep(FINALIZE_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => {
+                for path in open.keys() {
+                    tracing::warn!(camera = %id, path = %path.display(), "segment not finalized in time; start-up reconcile will index it");
+                }
+                break;
+            }
+            message = messages.next() => match message.as_ref().and_then(super::pipeline::classify) {
+                Some(PipelineEvent::FragmentClosed { path, running_time }) => {
+                    close_fragment(ctx, camera, &stream, &mut open, path, running_time).await;
+                }
+                Some(PipelineEvent::Eos) | None => break,
+                _ => {}
+            }
+        }
+    }
+    drop(stream);
+    end
+}
+
+/// Indexes a closed fragment: fsync the file and its directories, then insert the row.
+async fn close_fragment(
+    ctx: &MediaContext,
+    camera: &Camera,
+    stream: &StreamPipeline,
+    open: &mut HashMap<PathBuf, gst::ClockTime>,
+    path: PathBuf,
+    end_rt: gst::ClockTime,
+) {
+    let id = camera.id();
+    let Some(start_rt) = open.remove(&path) else {
+        tracing::warn!(camera = %id, path = %path.display(), "closed a fragment that was never opened; start-up reconcile will look at it");
+        return;
+    };
+    let element = stream.pipeline.upcast_ref::<gst::Element>();
+    let start_ms = stream.stats.wall_ms(element, start_rt);
+    let end_ms = stream.stats.wall_ms(element, end_rt);
+    let info = stream
+        .stats
+        .info
+        .lock()
+        .ok()
+        .and_then(|i| i.clone())
+        .unwrap_or_default();
+    let synced = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || sync_segment(&path)).await
+    };
+    let bytes = match synced {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            tracing::error!(camera = %id, path = %path.display(), error = %e, "cannot make a segment durable; not indexed");
+            return;
+        }
+        Err(e) => {
+            tracing::error!(camera = %id, error = %e, "segment sync task failed");
+            return;
+        }
+    };
+    let Ok(relative) = path.strip_prefix(&ctx.recordings_dir) else {
+        tracing::error!(camera = %id, path = %path.display(), "segment outside the recordings directory; not indexed");
+        return;
+    };
+    let segment = NewSegment {
+        camera_id: id.to_string(),
+        start_ms,
+        end_ms,
+        path: relative.to_string_lossy().into_owned(),
+        bytes,
+        codec: if info.codec.is_empty() {
+            "h264".into()
+        } else {
+            info.codec
+        },
+        width: info.width,
+        height: info.height,
+        recovered: false,
+    };
+    let boot_started_ms = ctx.boot_started_ms;
+    let inserted = ctx
+        .store
+        .write(move |c| Ok::<_, StoreError>(index::insert_segment(c, &segment, boot_started_ms)?))
+        .await;
+    match inserted {
+        Ok(gap) => {
+            if let Some(g) = gap {
+                tracing::warn!(camera = %id, seconds = (g.end_ms - g.start_ms) / 1000, reason = %g.reason, "recording gap");
+            }
+            let at = chrono::DateTime::from_timestamp_millis(end_ms);
+            ctx.health.record(id, |h| h.last_segment_at = at).await;
+        }
+        Err(e) => {
+            tracing::error!(camera = %id, path = %path.display(), error = %e, "cannot index a segment")
+        }
+    }
+}
+
+/// fsyncs a finished segment, then its day directory and the camera directory, and returns its
+/// size. Invariant S3: only after this may a row point at the file.
+fn sync_segment(path: &Path) -> std::io::Result<u64> {
+    let file = std::fs::File::open(path)?;
+    file.sync_all()?;
+    let bytes = file.metadata()?.len();
+    let mut dir = path.parent();
+    for _ in 0..2 {
+        if let Some(d) = dir {
+            std::fs::File::open(d)?.sync_all()?;
+            dir = d.parent();
+        }
+    }
+    Ok(bytes)
+}
+
+/// Creates a directory and makes its entry durable in the parent.
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
+    if let Some(parent) = dir.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// `host:port` of an RTSP URL, for the reachability probe.
+fn tcp_address(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    let default_port = if scheme == "rtsps" { 322 } else { 554 };
+    let has_port = host_port
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        && !host_port.ends_with(']');
+    Some(if has_port {
+        host_port.to_string()
+    } else {
+        format!("{host_port}:{default_port}")
+    })
+}
+
+/// Waits `delay`, or less when the camera's port goes from refusing to accepting.
+async fn wait_before_retry(addr: Option<&str>, delay: Duration, stop: &CancellationToken) {
+    let deadline = tokio::time::Instant::now() + delay;
+    let reachable = |addr: String| async move {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+                .await,
+            Ok(Ok(_))
+        )
+    };
+    let mut was_down = match addr {
+        Some(a) => !reachable(a.to_string()).await,
+        None => false,
+    };
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return;
+        }
+        let step = (deadline - now).min(Duration::from_secs(1));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(step) => {}
+        }
+        if let Some(a) = addr {
+            let up = reachable(a.to_string()).await;
+            if was_down && up {
+                return;
+            }
+            was_down = !up;
+        }
+    }
+}
+
+/// fps and bitrate over the last few seconds, from the stream's counters.
+#[derive(Default)]
+struct RateMeter {
+    last: Option<(Instant, u64, u64)>,
+}
+
+impl RateMeter {
+    /// Returns `(fps, kbps)` once at least 2 s have passed since the previous sample.
+    fn sample(&mut self, stats: &super::pipeline::StreamStats) -> (Option<f64>, Option<f64>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = (
+            Instant::now(),
+            stats.frames.load(Relaxed),
+            stats.bytes.load(Relaxed),
+        );
+        let Some((t0, f0, b0)) = self.last else {
+            self.last = Some(now);
+            return (None, None);
+        };
+        let secs = now.0.duration_since(t0).as_secs_f64();
+        if secs < 2.0 {
+            return (None, None);
+        }
+        self.last = Some(now);
+        let fps = (now.1 - f0) as f64 / secs;
+        let kbps = (now.2 - b0) as f64 * 8.0 / secs / 1000.0;
+        (Some((fps * 10.0).round() / 10.0), Some(kbps.round()))
+    }
+}

@@ -1,0 +1,360 @@
+//! Recording against a real RTSP server (gst-rtsp-server in this process) and a real daemon.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use heldar_edge::media::probe::probe_segment;
+use heldar_edge::media::synthetic::{SyntheticCamera, SyntheticSpec};
+use nix::sys::signal::Signal;
+use rusqlite::Connection;
+use serde_json::Value;
+
+use crate::fixtures::{Daemon, stderr, wait_for};
+
+/// A small, fast camera: 320x240, 15 fps, one keyframe per second.
+pub fn camera() -> SyntheticCamera {
+    let spec = SyntheticSpec {
+        width: 320,
+        height: 240,
+        fps: 15,
+        gop_frames: 15,
+        bitrate_kbps: 300,
+    };
+    SyntheticCamera::start(spec, 0)
+        .expect("synthetic camera (gstreamer1.0-rtsp, gstreamer1.0-plugins-ugly)")
+}
+
+pub fn camera_toml(id: &str, url: &str, segment_seconds: u32) -> String {
+    format!("[[cameras]]\nid = \"{id}\"\nurl = \"{url}\"\nsegment_seconds = {segment_seconds}\n")
+}
+
+#[derive(Debug, Clone)]
+struct Row {
+    start_ms: i64,
+    end_ms: i64,
+    path: String,
+    bytes: i64,
+    recovered: bool,
+}
+
+fn segments(d: &Daemon, camera: &str) -> Vec<Row> {
+    let db = d.dir.path().join("data/heldar.db");
+    let c = Connection::open(db).unwrap();
+    let mut stmt = c
+        .prepare("SELECT start_ms, end_ms, path, bytes, recovered FROM segments WHERE camera_id = ?1 ORDER BY start_ms")
+        .unwrap();
+    stmt.query_map([camera], |r| {
+        Ok(Row {
+            start_ms: r.get(0)?,
+            end_ms: r.get(1)?,
+            path: r.get(2)?,
+            bytes: r.get(3)?,
+            recovered: r.get(4)?,
+        })
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+fn gaps(d: &Daemon, camera: &str) -> Vec<(i64, i64, String)> {
+    let c = Connection::open(d.dir.path().join("data/heldar.db")).unwrap();
+    let mut stmt = c
+        .prepare("SELECT start_ms, end_ms, reason FROM gaps WHERE camera_id = ?1 ORDER BY start_ms")
+        .unwrap();
+    stmt.query_map([camera], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn health(d: &Daemon, camera: &str) -> Option<Value> {
+    let out = d.cli(&["--json", "cameras", "list"]);
+    let list: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+    list.into_iter()
+        .find(|c| c["id"] == camera)
+        .map(|c| c["health"].clone())
+}
+
+fn state(d: &Daemon, camera: &str) -> String {
+    health(d, camera)
+        .and_then(|h| h["state"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn wait_state(d: &Daemon, camera: &str, want: &str, timeout: Duration) {
+    wait_for(timeout, || (state(d, camera) == want).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "camera {camera} never became {want} (is {}); log:\n{}",
+            state(d, camera),
+            d.log()
+        )
+    });
+}
+
+fn stop(d: &mut Daemon) {
+    d.signal(Signal::SIGTERM);
+    let status = d.wait_exit(Duration::from_secs(15)).expect("daemon stops");
+    assert!(status.success(), "log:\n{}", d.log());
+}
+
+fn recordings(d: &Daemon) -> std::path::PathBuf {
+    d.dir.path().join("data/recordings")
+}
+
+#[test]
+fn records_contiguous_keyframe_aligned_segments() {
+    let cam = camera();
+    let mut d = Daemon::start(&camera_toml("gate", &cam.url("main"), 4)).ready();
+    wait_state(&d, "gate", "recording", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(20));
+    stop(&mut d);
+
+    let rows = segments(&d, "gate");
+    assert!(rows.len() >= 4, "20 s in 4 s segments: {rows:?}");
+    for pair in rows.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        assert!(b.start_ms >= a.end_ms, "no overlap: {a:?} {b:?}");
+        assert!(b.start_ms - a.end_ms < 100, "contiguous: {a:?} {b:?}");
+    }
+    for r in &rows {
+        let path = recordings(&d).join(&r.path);
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(meta.len() as i64, r.bytes, "row matches file: {r:?}");
+        assert!(!r.recovered);
+        let p = probe_segment(&path).unwrap();
+        assert!(p.first_is_keyframe, "{r:?} starts on a keyframe");
+        assert!(!p.truncated, "{r:?} is a complete file");
+        let row_ms = r.end_ms - r.start_ms;
+        assert!(
+            (row_ms - p.duration.as_millis() as i64).abs() < 200,
+            "row {row_ms} ms vs file {:?}",
+            p.duration
+        );
+    }
+    for r in &rows[..rows.len() - 1] {
+        let ms = r.end_ms - r.start_ms;
+        assert!(
+            (3_500..=5_500).contains(&ms),
+            "segments near 4 s (GOP 1 s): {ms} ms"
+        );
+    }
+    assert!(gaps(&d, "gate").is_empty(), "{:?}", gaps(&d, "gate"));
+    // Files live under recordings/<camera>/<YYYY-MM-DD>/<start>.mkv, named by their first frame.
+    let first = &rows[0];
+    let name = Path::new(&first.path)
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let named = chrono::DateTime::from_timestamp_millis(first.start_ms)
+        .unwrap()
+        .format("%Y%m%dT%H%M%S%.3fZ.mkv")
+        .to_string();
+    assert_eq!(name, named);
+}
+
+#[test]
+fn camera_outage_is_one_gap_and_recording_resumes_quickly() {
+    let mut cam = camera();
+    let other = camera();
+    let mut d = Daemon::start(&format!(
+        "{}{}",
+        camera_toml("gate", &cam.url("main"), 2),
+        camera_toml("yard", &other.url("main"), 2)
+    ))
+    .ready();
+    wait_state(&d, "gate", "recording", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(4));
+
+    cam.stop();
+    let outage_started = Instant::now();
+    wait_state(&d, "gate", "offline", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(outage_started.elapsed()));
+    cam.restart().unwrap();
+    let back = Instant::now();
+    wait_state(&d, "gate", "recording", Duration::from_secs(10));
+    let resumed_after = back.elapsed();
+    // Recording again within 2 s plus one GOP (1 s) of the stream's return; 1 s of slack for
+    // the status poll.
+    assert!(
+        resumed_after < Duration::from_secs(4),
+        "resumed after {resumed_after:?}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    stop(&mut d);
+
+    let g = gaps(&d, "gate");
+    assert_eq!(g.len(), 1, "exactly one gap: {g:?}");
+    let (start, end, reason) = &g[0];
+    let seconds = (end - start) as f64 / 1000.0;
+    assert!(
+        (9.0..=14.0).contains(&seconds),
+        "gap of about the outage: {seconds} s"
+    );
+    assert_eq!(reason, "camera_offline");
+    assert!(
+        gaps(&d, "yard").is_empty(),
+        "the other camera was not restarted: {:?}",
+        gaps(&d, "yard")
+    );
+}
+
+#[test]
+fn unreachable_and_wrong_path_cameras_fail_clearly_and_retry_calmly() {
+    let cam = camera();
+    // A TCP port that accepts and never answers, like a hung camera.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!(
+        "rtsp://127.0.0.1:{}/stream",
+        silent.local_addr().unwrap().port()
+    );
+    let pw_dir = tempfile::tempdir().unwrap();
+    std::fs::write(pw_dir.path().join("pw"), "Sup3r-s3cret!").unwrap();
+    let wrong_path = format!("{}-nope", cam.url("main"));
+    let mut d = Daemon::start(&format!(
+        "{}username = \"admin\"\npassword_file = \"{}\"\n{}",
+        camera_toml("wrong", &wrong_path, 2),
+        pw_dir.path().join("pw").display(),
+        camera_toml("silent", &silent_url, 2),
+    ))
+    .ready();
+
+    let error_of = |camera: &str| {
+        health(&d, camera).and_then(|h| h["last_error"].as_str().map(str::to_string))
+    };
+    let wrong = wait_for(Duration::from_secs(15), || error_of("wrong"))
+        .expect("an error for the wrong path");
+    assert!(wrong.to_lowercase().contains("not found"), "{wrong}");
+    let silent_err = wait_for(Duration::from_secs(25), || error_of("silent"))
+        .expect("an error for the silent camera");
+    assert!(
+        silent_err.contains("no video within") || silent_err.to_lowercase().contains("timeout"),
+        "{silent_err}"
+    );
+
+    // Retries continue, with backoff: not a busy loop.
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(12));
+    let reconnects = health(&d, "wrong").unwrap()["reconnects"].as_u64().unwrap();
+    assert!(
+        (2..=8).contains(&reconnects),
+        "{reconnects} reconnects in {:?}",
+        started.elapsed()
+    );
+    stop(&mut d);
+    let log = d.log();
+    assert!(
+        !log.contains("Sup3r-s3cret!"),
+        "the password never reaches the log"
+    );
+    let listing = d.cli(&["--json", "cameras", "list"]);
+    assert!(!String::from_utf8_lossy(&listing.stdout).contains("Sup3r-s3cret!"));
+    drop(silent);
+}
+
+#[test]
+fn sigkill_mid_segment_leaves_a_playable_indexed_segment() {
+    let cam = camera();
+    let mut d = Daemon::start(&camera_toml("gate", &cam.url("main"), 30)).ready();
+    wait_state(&d, "gate", "recording", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(7));
+    d.signal(Signal::SIGKILL);
+    d.wait_exit(Duration::from_secs(5)).unwrap();
+    assert!(
+        segments(&d, "gate").is_empty(),
+        "the 30 s segment was still open"
+    );
+
+    d.spawn(&[]);
+    let rows = wait_for(Duration::from_secs(20), || {
+        let rows = segments(&d, "gate");
+        (!rows.is_empty()).then_some(rows)
+    })
+    .unwrap_or_else(|| panic!("no recovered segment; log:\n{}", d.log()));
+    let r = &rows[0];
+    assert!(r.recovered, "{r:?}");
+    let seconds = (r.end_ms - r.start_ms) as f64 / 1000.0;
+    assert!(
+        (4.0..=9.0).contains(&seconds),
+        "about the 7 s recorded before the kill, minus what the muxer held: {seconds}"
+    );
+
+    let path = recordings(&d).join(&r.path);
+    let discovered = discover(&path);
+    assert!(
+        discovered.is_ok(),
+        "GStreamer's discoverer plays it: {discovered:?}"
+    );
+    stop(&mut d);
+    let check = d.cli(&["db", "check", "--config", d.config_path().to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        stderr(&check)
+    );
+}
+
+/// Runs GStreamer's discoverer on a file.
+fn discover(path: &Path) -> Result<(), String> {
+    use gstreamer_pbutils::Discoverer;
+    gstreamer::init().unwrap();
+    let discoverer =
+        Discoverer::new(gstreamer::ClockTime::from_seconds(10)).map_err(|e| e.to_string())?;
+    let uri = format!("file://{}", path.display());
+    let info = discoverer.discover_uri(&uri).map_err(|e| e.to_string())?;
+    if info.video_streams().is_empty() {
+        return Err("no video stream".into());
+    }
+    Ok(())
+}
+
+#[test]
+fn cameras_come_and_go_at_runtime_without_disturbing_others() {
+    let cam = camera();
+    let other = camera();
+    let mut d = Daemon::start(&camera_toml("gate", &cam.url("main"), 2)).ready();
+    wait_state(&d, "gate", "recording", Duration::from_secs(15));
+
+    let added = d.cli(&[
+        "cameras",
+        "add",
+        "yard",
+        "--url",
+        &other.url("main"),
+        "--segment-seconds",
+        "2",
+    ]);
+    assert!(added.status.success(), "{}", stderr(&added));
+    wait_state(&d, "yard", "recording", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(5));
+    let removed = d.cli(&["cameras", "remove", "yard"]);
+    assert!(removed.status.success(), "{}", stderr(&removed));
+    std::thread::sleep(Duration::from_secs(3));
+    let refused = d.cli(&["cameras", "remove", "gate"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(2),
+        "file cameras are read-only at runtime"
+    );
+    assert!(stderr(&refused).contains("declared in heldar.toml"));
+    stop(&mut d);
+
+    assert!(
+        !segments(&d, "yard").is_empty(),
+        "the runtime camera recorded"
+    );
+    let gate = segments(&d, "gate");
+    assert!(
+        gaps(&d, "gate").is_empty(),
+        "adding and removing yard left no gap in gate: {:?}",
+        gaps(&d, "gate")
+    );
+    for pair in gate.windows(2) {
+        assert!(
+            pair[1].start_ms - pair[0].end_ms < 100,
+            "gate stayed contiguous: {pair:?}"
+        );
+    }
+}
