@@ -2,15 +2,17 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState};
 use crate::config::model::CameraConfig;
 use crate::config::secret::Secret;
+use crate::media::clip::ClipReport;
 use crate::media::index::{self, Gap, Range, Segment};
-use crate::media::{CameraHealth, url};
+use crate::media::{CameraHealth, MediaError, StreamTest, url};
 use crate::registry::{Camera, RegistryError, Source};
 use crate::store::StoreError;
 
@@ -237,4 +239,124 @@ fn check_id(id: &str) -> Result<(), ApiError> {
             format!("{id:?} is not a valid camera id"),
         ))
     }
+}
+
+impl From<MediaError> for ApiError {
+    fn from(e: MediaError) -> Self {
+        match e {
+            MediaError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+            MediaError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            MediaError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+            MediaError::Store(s) => s.into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct At {
+    at: Option<DateTime<Utc>>,
+}
+
+/// `GET /api/v1/cameras/{id}/snapshot[?at=T]`: a JPEG.
+pub(super) async fn snapshot(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<At>,
+) -> Result<Response, ApiError> {
+    check_id(&id)?;
+    let jpeg = state
+        .media
+        .snapshot(&id, q.at.map(|t| t.timestamp_millis()))
+        .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/jpeg"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        jpeg,
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct ClipRequest {
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+/// The answer of `POST /api/v1/cameras/{id}/clip`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ClipAnswer {
+    #[serde(flatten)]
+    pub report: ClipReport,
+    /// Where to fetch the file: `GET /api/v1/clips/{clip}`.
+    pub clip: String,
+}
+
+pub(super) async fn clip(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(req): Json<ClipRequest>,
+) -> Result<Json<ClipAnswer>, ApiError> {
+    check_id(&id)?;
+    let (report, path) = state
+        .media
+        .clip(&id, req.from.timestamp_millis(), req.to.timestamp_millis())
+        .await?;
+    let clip = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Json(ClipAnswer { report, clip }))
+}
+
+/// `GET /api/v1/clips/{name}`: an exported clip, streamed.
+pub(super) async fn clip_file(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let valid = name.ends_with(".mkv") && !name.contains(['/', '\\']) && !name.starts_with('.');
+    if !valid {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{name:?} is not a clip name"),
+        ));
+    }
+    let path = crate::media::clip::clips_dir(&state.system.data_dir).join(&name);
+    let file = tokio::fs::File::open(&path).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no clip {name:?} (clips expire after a day)"),
+        )
+    })?;
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    Ok(([(header::CONTENT_TYPE, "video/x-matroska")], body).into_response())
+}
+
+pub(super) async fn test(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StreamTest>, ApiError> {
+    check_id(&id)?;
+    Ok(Json(state.media.test_camera(&id).await?))
+}
+
+pub(super) async fn lock(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.media.set_evidence_lock(id, true).await?;
+    Ok(Json(
+        serde_json::json!({ "segment": id, "evidence_locked": true }),
+    ))
+}
+
+pub(super) async fn unlock(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.media.set_evidence_lock(id, false).await?;
+    Ok(Json(
+        serde_json::json!({ "segment": id, "evidence_locked": false }),
+    ))
 }

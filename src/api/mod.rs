@@ -14,9 +14,9 @@ mod system;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{get, post};
 
-pub use cameras::{CameraView, Timeline};
+pub use cameras::{CameraView, ClipAnswer, Timeline};
 pub use error::ApiError;
 pub use system::{SystemInfo, SystemStatus};
 
@@ -45,6 +45,14 @@ pub fn control_router(state: AppState) -> Router {
         .route("/api/v1/cameras/{id}/segments", get(cameras::segments))
         .route("/api/v1/cameras/{id}/timeline", get(cameras::timeline))
         .route("/api/v1/cameras/{id}/gaps", get(cameras::gaps))
+        .route("/api/v1/cameras/{id}/snapshot", get(cameras::snapshot))
+        .route("/api/v1/cameras/{id}/clip", post(cameras::clip))
+        .route("/api/v1/cameras/{id}/test", post(cameras::test))
+        .route("/api/v1/clips/{name}", get(cameras::clip_file))
+        .route(
+            "/api/v1/segments/{id}/evidence-lock",
+            post(cameras::lock).delete(cameras::unlock),
+        )
         .route("/api/v1/health/cameras", get(cameras::health))
         .with_state(state)
 }

@@ -17,6 +17,7 @@ use crate::store::{Boot, BootHistory, StoreError, StoreStatus};
 #[derive(Debug)]
 pub struct SystemInfo {
     pub device_id: String,
+    pub data_dir: std::path::PathBuf,
     pub board: Option<String>,
     pub started_at: DateTime<Utc>,
     pub started: Instant,

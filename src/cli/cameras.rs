@@ -10,6 +10,7 @@ use super::client::Client;
 use super::{CliError, render, runtime};
 use crate::api::CameraView;
 use crate::config::secret::Secret;
+use crate::media::StreamTest;
 
 #[derive(Debug, Subcommand)]
 pub enum CamerasCommand {
@@ -19,6 +20,8 @@ pub enum CamerasCommand {
     Add(AddArgs),
     /// Remove a camera created at runtime; its recordings stay until retention takes them.
     Remove { id: String },
+    /// Open the camera's stream once and report codec, resolution, fps and GOP.
+    Test { id: String },
 }
 
 #[derive(Debug, Args)]
@@ -65,6 +68,14 @@ pub fn run(command: CamerasCommand, client: Client, json: bool) -> Result<ExitCo
             let camera: CameraView =
                 rt.block_on(client.call(Method::POST, "/api/v1/cameras", Some(body)))?;
             print_json_or(json, &camera, || format!("added camera {}\n", camera.id))
+        }
+        CamerasCommand::Test { id } => {
+            let report: StreamTest = rt.block_on(client.call(
+                Method::POST,
+                &format!("/api/v1/cameras/{id}/test"),
+                None,
+            ))?;
+            print_json_or(json, &report, || render::stream_test(&report))
         }
         CamerasCommand::Remove { id } => {
             let answer: serde_json::Value =

@@ -43,17 +43,7 @@ impl Client {
     ) -> Result<T, CliError> {
         let (status, body) = self.request(method, path, body).await?;
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
-                .unwrap_or_else(|| format!("the daemon answered {status}"));
-            // What the caller asked for was wrong (exit 2), or the daemon could not do it (exit 1).
-            let bad_input = matches!(status.as_u16(), 400 | 404 | 409 | 413 | 422);
-            return Err(if bad_input {
-                CliError::BadInput(message)
-            } else {
-                CliError::Failed(message)
-            });
+            return Err(error_answer(status, &body));
         }
         serde_json::from_slice(&body).map_err(|e| {
             CliError::Failed(format!(
@@ -62,12 +52,62 @@ impl Client {
         })
     }
 
+    /// GETs `path` and streams the body into `output`; returns the bytes written.
+    pub async fn download(&self, path: &str, output: &std::path::Path) -> Result<u64, CliError> {
+        use tokio::io::AsyncWriteExt;
+        let response = self.send(Method::GET, path, None).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(error_answer(status, &body));
+        }
+        let cannot_write =
+            |e: std::io::Error| CliError::Failed(format!("cannot write {}: {e}", output.display()));
+        let mut file = tokio::fs::File::create(output)
+            .await
+            .map_err(cannot_write)?;
+        let mut body = response.into_body();
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| CliError::Failed(format!("download interrupted: {e}")))?;
+            if let Some(data) = frame.data_ref() {
+                file.write_all(data).await.map_err(cannot_write)?;
+                written += data.len() as u64;
+            }
+        }
+        file.sync_all().await.map_err(cannot_write)?;
+        Ok(written)
+    }
+
     async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<(StatusCode, Bytes), CliError> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| CliError::Failed(format!("talking to the daemon: {e}")))?
+            .to_bytes();
+        Ok((status, body))
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, CliError> {
         let socket = self.socket.display();
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             CliError::Failed(match e.kind() {
@@ -95,14 +135,20 @@ impl Client {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| CliError::Failed(e.to_string()))?;
-        let response = sender.send_request(request).await.map_err(failed)?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(failed)?
-            .to_bytes();
-        Ok((status, body))
+        sender.send_request(request).await.map_err(failed)
+    }
+}
+
+/// An error answer as a CLI error: what the caller asked for was wrong (exit 2), or the daemon
+/// could not do it (exit 1).
+fn error_answer(status: StatusCode, body: &[u8]) -> CliError {
+    let message = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+        .unwrap_or_else(|| format!("the daemon answered {status}"));
+    if matches!(status.as_u16(), 400 | 404 | 409 | 413 | 422) {
+        CliError::BadInput(message)
+    } else {
+        CliError::Failed(message)
     }
 }

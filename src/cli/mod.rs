@@ -8,6 +8,7 @@
 mod cameras;
 mod client;
 mod demo;
+mod recordings;
 mod render;
 
 use std::path::PathBuf;
@@ -59,6 +60,31 @@ enum Command {
     Cameras {
         #[command(subcommand)]
         command: cameras::CamerasCommand,
+    },
+    /// The newest frame of a camera (or the one recorded at --at), as a JPEG.
+    Snapshot {
+        camera: String,
+        #[arg(short, long, value_name = "FILE.jpg")]
+        output: PathBuf,
+        /// A recorded time: RFC 3339, or an age such as 15m.
+        #[arg(long, value_parser = recordings::parse_time)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Export recorded footage by stream copy.
+    Clip {
+        camera: String,
+        /// RFC 3339, now, or an age such as 15m.
+        #[arg(long, value_parser = recordings::parse_time)]
+        from: chrono::DateTime<chrono::Utc>,
+        #[arg(long, value_parser = recordings::parse_time)]
+        to: chrono::DateTime<chrono::Utc>,
+        #[arg(short, long, value_name = "FILE.mkv")]
+        output: PathBuf,
+    },
+    /// Recorded segments, gaps and evidence locks.
+    Segments {
+        #[command(subcommand)]
+        command: recordings::SegmentsCommand,
     },
     /// Work with the database.
     Db {
@@ -154,6 +180,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Cameras { command } => {
             cameras::run(command, client::Client::new(cli.socket), cli.json)
+        }
+        Command::Snapshot { camera, output, at } => {
+            recordings::snapshot(client::Client::new(cli.socket), &camera, at, &output)
+        }
+        Command::Clip {
+            camera,
+            from,
+            to,
+            output,
+        } => recordings::clip(
+            client::Client::new(cli.socket),
+            &camera,
+            from,
+            to,
+            &output,
+            cli.json,
+        ),
+        Command::Segments { command } => {
+            recordings::segments(command, client::Client::new(cli.socket), cli.json)
         }
         Command::Status => {
             let client = client::Client::new(cli.socket);

@@ -185,3 +185,95 @@ pub fn cameras(cameras: &[crate::api::CameraView]) -> String {
     }
     out
 }
+
+pub fn clip(answer: &crate::api::ClipAnswer, output: &std::path::Path) -> String {
+    let r = &answer.report;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "wrote {} ({}): {:.1} s from {} segments, first frame at {}",
+        output.display(),
+        bytes(r.bytes),
+        r.duration_ms as f64 / 1000.0,
+        r.segments,
+        time(r.first_frame_ms)
+    );
+    for (from, to) in &r.gaps {
+        let _ = writeln!(
+            out,
+            "gap: nothing recorded from {} to {} ({:.1} s)",
+            time(*from),
+            time(*to),
+            (to - from) as f64 / 1000.0
+        );
+    }
+    out
+}
+
+pub fn segments(
+    segments: &[crate::media::index::Segment],
+    gaps: &[crate::media::index::Gap],
+) -> String {
+    let mut out = format!(
+        "{:>8}  {:<23} {:>8} {:>9}  {}\n",
+        "ID", "START", "SECONDS", "SIZE", "FLAGS"
+    );
+    for s in segments {
+        let mut flags = Vec::new();
+        if s.evidence_locked {
+            flags.push("evidence");
+        }
+        if s.recovered {
+            flags.push("recovered");
+        }
+        let _ = writeln!(
+            out,
+            "{:>8}  {:<23} {:>8.1} {:>9}  {}",
+            s.id,
+            time(s.start_ms),
+            (s.end_ms - s.start_ms) as f64 / 1000.0,
+            bytes(s.bytes),
+            flags.join(",")
+        );
+    }
+    for g in gaps {
+        let _ = writeln!(
+            out,
+            "gap {} → {} ({:.1} s, {})",
+            time(g.start_ms),
+            time(g.end_ms),
+            (g.end_ms - g.start_ms) as f64 / 1000.0,
+            g.reason
+        );
+    }
+    out
+}
+
+fn time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub fn stream_test(t: &crate::media::StreamTest) -> String {
+    let size = match (t.width, t.height) {
+        (Some(w), Some(h)) => format!("{w}x{h}"),
+        _ => "unknown size".into(),
+    };
+    let number = |v: Option<f64>, unit: &str| {
+        v.map(|v| format!("{v:.1} {unit}"))
+            .unwrap_or_else(|| format!("? {unit}"))
+    };
+    format!(
+        "camera {} answers on {}\n  {} {size}, {}, GOP {}, {}; first frame after {} ms\n",
+        t.camera_id,
+        t.url,
+        t.codec.as_deref().unwrap_or("unknown codec"),
+        number(t.fps, "fps"),
+        t.gop_ms
+            .map(|g| format!("{:.1} s", g as f64 / 1000.0))
+            .unwrap_or_else(|| "?".into()),
+        number(t.bitrate_kbps, "kbit/s"),
+        t.connect_ms
+    )
+}

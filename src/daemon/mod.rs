@@ -61,12 +61,7 @@ pub async fn run(
     let store = tokio::task::spawn_blocking(move || Store::open(&db)).await??;
     let (boot, history) = store.record_boot().await?;
     let registry = Registry::open(store.clone(), &config.cameras, &config.serial).await?;
-    let media = Media::new(
-        store.clone(),
-        registry.clone(),
-        &config.data_dir,
-        boot.started_at_ms,
-    );
+    let media = Media::new(store.clone(), registry.clone(), &config, boot.started_at_ms);
     if history.previous_clean == Some(false) {
         tracing::warn!(
             unclean_total = history.unclean,
@@ -92,6 +87,7 @@ pub async fn run(
         media: media.clone(),
         system: Arc::new(SystemInfo {
             device_id: config.device_id.clone(),
+            data_dir: config.data_dir.clone(),
             board: board_source,
             started_at: chrono::Utc::now(),
             started: Instant::now(),
@@ -128,6 +124,10 @@ pub async fn run(
                 .await?;
             Ok(())
         }
+    });
+    services.spawn("retention", {
+        let (retention, token) = (media.retention(), shutdown.clone());
+        async move { retention.run(token).await }
     });
     services.spawn("media", {
         let token = shutdown.clone();

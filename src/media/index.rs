@@ -4,7 +4,7 @@
 //! directories first. Gaps are derived here, in the same transaction as the segment that ends
 //! them, so a gap row exists exactly when its closing segment does.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 /// A hole shorter than this is jitter between segments, not a gap.
@@ -50,42 +50,30 @@ pub struct Gap {
     pub reason: String,
 }
 
-/// Inserts a segment, and the gap before it when there is one. `boot_started_ms` tells a hole
-/// caused by the daemon being down from one caused by the camera.
+/// Inserts a segment and keeps the gaps around it right.
+///
+/// Segments may arrive out of order (splitmuxsink finalizes fragments asynchronously; start-up
+/// recovery indexes old files late), so a new segment can land inside a gap recorded earlier.
+/// Gaps it overlaps are removed and the holes on both sides derived again, keeping the reason
+/// the removed gap gave. `boot_started_ms` tells a hole caused by the daemon being down from one
+/// caused by the camera.
 pub fn insert_segment(
     c: &Connection,
     seg: &NewSegment,
     boot_started_ms: i64,
-) -> rusqlite::Result<Option<Gap>> {
-    let previous_end: Option<i64> = c
-        .query_row(
-            "SELECT MAX(end_ms) FROM segments WHERE camera_id = ?1 AND start_ms < ?2",
-            params![seg.camera_id, seg.start_ms],
-            |r| r.get(0),
-        )
-        .optional()?
-        .flatten();
-    let gap = previous_end
-        .filter(|end| seg.start_ms - end > GAP_THRESHOLD_MS)
-        .map(|end| Gap {
-            camera_id: seg.camera_id.clone(),
-            start_ms: end,
-            end_ms: seg.start_ms,
-            reason: if end < boot_started_ms {
-                "daemon_down"
-            } else {
-                "camera_offline"
-            }
-            .into(),
-        });
-    if let Some(g) = &gap {
-        insert_gap(c, g)?;
-    }
+) -> rusqlite::Result<Inserted> {
+    let camera = &seg.camera_id;
+    let mut stmt = c.prepare_cached(
+        "DELETE FROM gaps WHERE camera_id = ?1 AND start_ms < ?3 AND end_ms > ?2 RETURNING reason",
+    )?;
+    let overlapped: Vec<String> = stmt
+        .query_map(params![camera, seg.start_ms, seg.end_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
     c.execute(
         "INSERT INTO segments (camera_id, start_ms, end_ms, path, bytes, codec, width, height, recovered)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
-            seg.camera_id,
+            camera,
             seg.start_ms,
             seg.end_ms,
             seg.path,
@@ -96,7 +84,68 @@ pub fn insert_segment(
             seg.recovered
         ],
     )?;
-    Ok(gap)
+    let id = c.last_insert_rowid();
+    let previous_end: Option<i64> = c.query_row(
+        "SELECT MAX(end_ms) FROM segments WHERE camera_id = ?1 AND start_ms < ?2",
+        params![camera, seg.start_ms],
+        |r| r.get(0),
+    )?;
+    let next_start: Option<i64> = c.query_row(
+        "SELECT MIN(start_ms) FROM segments WHERE camera_id = ?1 AND start_ms > ?2",
+        params![camera, seg.start_ms],
+        |r| r.get(0),
+    )?;
+    let reason = |start: i64| {
+        overlapped.first().cloned().unwrap_or_else(|| {
+            if start < boot_started_ms {
+                "daemon_down"
+            } else {
+                "camera_offline"
+            }
+            .to_string()
+        })
+    };
+    let mut news = None;
+    if let Some(end) = previous_end.filter(|end| seg.start_ms - end > GAP_THRESHOLD_MS) {
+        let gap = Gap {
+            camera_id: camera.clone(),
+            start_ms: end,
+            end_ms: seg.start_ms,
+            reason: reason(end),
+        };
+        insert_gap_once(c, &gap)?;
+        if overlapped.is_empty() {
+            news = Some(gap);
+        }
+    }
+    if let Some(next) = next_start.filter(|next| next - seg.end_ms > GAP_THRESHOLD_MS) {
+        let gap = Gap {
+            camera_id: camera.clone(),
+            start_ms: seg.end_ms,
+            end_ms: next,
+            reason: reason(seg.end_ms),
+        };
+        insert_gap_once(c, &gap)?;
+    }
+    Ok(Inserted { id, new_gap: news })
+}
+
+/// What [`insert_segment`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inserted {
+    /// The new segment's row id.
+    pub id: i64,
+    /// A hole just before the segment that no earlier row recorded.
+    pub new_gap: Option<Gap>,
+}
+
+fn insert_gap_once(c: &Connection, g: &Gap) -> rusqlite::Result<()> {
+    let exists: bool = c.query_row(
+        "SELECT EXISTS (SELECT 1 FROM gaps WHERE camera_id = ?1 AND start_ms = ?2 AND end_ms = ?3)",
+        params![g.camera_id, g.start_ms, g.end_ms],
+        |r| r.get(0),
+    )?;
+    if exists { Ok(()) } else { insert_gap(c, g) }
 }
 
 pub fn insert_gap(c: &Connection, g: &Gap) -> rusqlite::Result<()> {
@@ -226,6 +275,87 @@ mod tests {
                     start_ms: 7000,
                     end_ms: 8000
                 }
+            ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(include_str!("../../migrations/0002_media.sql"))
+            .unwrap();
+        c
+    }
+
+    fn new(start_ms: i64, end_ms: i64) -> NewSegment {
+        NewSegment {
+            camera_id: "c".into(),
+            start_ms,
+            end_ms,
+            path: format!("c/{start_ms}.mkv"),
+            bytes: 1,
+            codec: "h264".into(),
+            width: None,
+            height: None,
+            recovered: false,
+        }
+    }
+
+    fn all_gaps(c: &Connection) -> Vec<(i64, i64, String)> {
+        gaps(c, "c", i64::MIN, i64::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|g| (g.start_ms, g.end_ms, g.reason))
+            .collect()
+    }
+
+    #[test]
+    fn gaps_do_not_depend_on_the_order_segments_arrive_in() {
+        let pieces = [(0, 2000), (2000, 4000), (4000, 5000), (15_000, 17_000)];
+        for order in [[0, 1, 2, 3], [0, 2, 1, 3], [3, 2, 1, 0], [1, 3, 0, 2]] {
+            let c = db();
+            for i in order {
+                insert_segment(&c, &new(pieces[i].0, pieces[i].1), 0).unwrap();
+            }
+            assert_eq!(
+                all_gaps(&c),
+                vec![(5000, 15_000, "camera_offline".into())],
+                "order {order:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_new_hole_is_news_and_daemon_downtime_is_named() {
+        let c = db();
+        assert_eq!(
+            insert_segment(&c, &new(0, 2000), 10_000).unwrap().new_gap,
+            None
+        );
+        let g = insert_segment(&c, &new(12_000, 14_000), 10_000)
+            .unwrap()
+            .new_gap
+            .unwrap();
+        assert_eq!(
+            (g.start_ms, g.end_ms, g.reason.as_str()),
+            (2000, 12_000, "daemon_down")
+        );
+        assert_eq!(
+            insert_segment(&c, &new(5000, 7000), 10_000)
+                .unwrap()
+                .new_gap,
+            None,
+            "filling part of a known gap"
+        );
+        assert_eq!(
+            all_gaps(&c),
+            vec![
+                (2000, 5000, "daemon_down".into()),
+                (7000, 12_000, "daemon_down".into())
             ]
         );
     }

@@ -9,11 +9,15 @@
 //! every registry change, touching only the cameras whose stream settings changed, so adding or
 //! removing one camera never interrupts another.
 
+pub mod clip;
 mod health;
 pub mod index;
+mod ops;
 mod pipeline;
 pub mod probe;
 pub mod reconcile;
+pub mod retention;
+pub mod snapshot;
 mod supervisor;
 pub mod synthetic;
 pub mod url;
@@ -27,8 +31,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use health::{CameraHealth, CameraState, HealthBoard};
+pub use ops::{MediaError, StreamTest};
 
-use crate::config::model::{CameraConfig, RtspTransport, Vendor};
+use crate::config::Config;
+use crate::config::model::{CameraConfig, MediaConfig, RtspTransport, Vendor};
 use crate::config::secret::Secret;
 use crate::registry::{Camera, Registry};
 use crate::store::Store;
@@ -37,7 +43,12 @@ use crate::store::Store;
 pub(crate) struct MediaContext {
     pub store: Store,
     pub health: HealthBoard,
+    pub data_dir: PathBuf,
     pub recordings_dir: PathBuf,
+    pub media: MediaConfig,
+    pub retention: retention::Retention,
+    /// The running stream of each recording camera, for snapshots of its newest keyframe.
+    pub live: Mutex<HashMap<String, Arc<pipeline::StreamStats>>>,
     /// Start of this daemon run, to tell daemon downtime from camera downtime in gaps.
     pub boot_started_ms: i64,
 }
@@ -90,16 +101,22 @@ pub struct Media {
 }
 
 impl Media {
-    pub fn new(
-        store: Store,
-        registry: Registry,
-        data_dir: &std::path::Path,
-        boot_started_ms: i64,
-    ) -> Media {
+    pub fn new(store: Store, registry: Registry, config: &Config, boot_started_ms: i64) -> Media {
+        let recordings_dir = config.data_dir.join("recordings");
+        let retention = retention::Retention::new(
+            store.clone(),
+            registry.clone(),
+            &config.data_dir,
+            config.recording.clone(),
+        );
         let ctx = MediaContext {
             health: HealthBoard::new(store.clone()),
             store,
-            recordings_dir: data_dir.join("recordings"),
+            data_dir: config.data_dir.clone(),
+            recordings_dir,
+            media: config.media.clone(),
+            retention,
+            live: Mutex::default(),
             boot_started_ms,
         };
         Media {
@@ -107,6 +124,11 @@ impl Media {
             registry,
             running: Arc::default(),
         }
+    }
+
+    /// The retention service that keeps these recordings within their limits.
+    pub fn retention(&self) -> retention::Retention {
+        self.ctx.retention.clone()
     }
 
     pub fn health(&self) -> &HealthBoard {

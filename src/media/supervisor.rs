@@ -26,6 +26,7 @@ use super::MediaContext;
 use super::health::CameraState;
 use super::index::{self, NewSegment};
 use super::pipeline::{PipelineEvent, RecordSpec, StreamPipeline, StreamSpec};
+use super::reconcile::start_from_name;
 use super::url::stream_url;
 use crate::config::model::StreamProfile;
 use crate::config::secret::redact_url;
@@ -129,10 +130,12 @@ async fn run_once(
     if let Err(e) = stream.pipeline.set_state(gst::State::Playing) {
         return RunEnd::Failed(format!("cannot start the pipeline: {e}"));
     }
+    ctx.lock_live().insert(id.to_string(), stream.stats.clone());
     tracing::info!(camera = %id, url = %redact_url(url), "connecting");
 
-    // With async finalize the next fragment opens before the previous one is closed.
-    let mut open: HashMap<PathBuf, gst::ClockTime> = HashMap::new();
+    // Open fragments and their start (wall ms). With async finalize the next fragment opens
+    // before the previous one is closed.
+    let mut open: HashMap<PathBuf, i64> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut rate = RateMeter::default();
     let mut tuned_gop_ms = 0;
@@ -143,7 +146,10 @@ async fn run_once(
                 let Some(message) = message else { break RunEnd::Failed("pipeline bus closed".into()) };
                 match super::pipeline::classify(&message) {
                     Some(PipelineEvent::FragmentOpened { path, running_time }) => {
-                        open.insert(path, running_time);
+                        let element = stream.pipeline.upcast_ref::<gst::Element>();
+                        let start = start_from_name(&path.to_string_lossy())
+                            .unwrap_or_else(|| stream.stats.wall_ms(element, running_time));
+                        open.insert(path, start);
                     }
                     Some(PipelineEvent::FragmentClosed { path, running_time }) => {
                         close_fragment(ctx, camera, &stream, &mut open, path, running_time).await;
@@ -201,12 +207,7 @@ async fn run_once(
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            _ = &mut deadline => {
-                for path in open.keys() {
-                    tracing::warn!(camera = %id, path = %path.display(), "segment not finalized in time; start-up reconcile will index it");
-                }
-                break;
-            }
+            _ = &mut deadline => break,
             message = messages.next() => match message.as_ref().and_then(super::pipeline::classify) {
                 Some(PipelineEvent::FragmentClosed { path, running_time }) => {
                     close_fragment(ctx, camera, &stream, &mut open, path, running_time).await;
@@ -216,7 +217,17 @@ async fn run_once(
             }
         }
     }
+    ctx.lock_live().remove(id);
     drop(stream);
+    // A fragment opened by a stream that died before sending data is an empty file: remove it.
+    // Anything else left open is indexed by the start-up reconcile.
+    for path in open.keys() {
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            let _ = std::fs::remove_file(path);
+        } else {
+            tracing::warn!(camera = %id, path = %path.display(), "segment not finalized in time; start-up reconcile will index it");
+        }
+    }
     end
 }
 
@@ -225,18 +236,25 @@ async fn close_fragment(
     ctx: &MediaContext,
     camera: &Camera,
     stream: &StreamPipeline,
-    open: &mut HashMap<PathBuf, gst::ClockTime>,
+    open: &mut HashMap<PathBuf, i64>,
     path: PathBuf,
     end_rt: gst::ClockTime,
 ) {
     let id = camera.id();
-    let Some(start_rt) = open.remove(&path) else {
+    let Some(start_ms) = open.remove(&path) else {
         tracing::warn!(camera = %id, path = %path.display(), "closed a fragment that was never opened; start-up reconcile will look at it");
         return;
     };
+    // A fragment ends where the next one starts (both named from their first frame, so the
+    // index has no seams within a run); only the last fragment of a run takes its end from
+    // the close message, whose running time splitmuxsink reports less reliably under load.
     let element = stream.pipeline.upcast_ref::<gst::Element>();
-    let start_ms = stream.stats.wall_ms(element, start_rt);
-    let end_ms = stream.stats.wall_ms(element, end_rt);
+    let end_ms = open
+        .values()
+        .copied()
+        .filter(|next| *next > start_ms)
+        .min()
+        .unwrap_or_else(|| stream.stats.wall_ms(element, end_rt).max(start_ms));
     let info = stream
         .stats
         .info
@@ -249,6 +267,10 @@ async fn close_fragment(
         tokio::task::spawn_blocking(move || sync_segment(&path)).await
     };
     let bytes = match synced {
+        Ok(Ok(0)) => {
+            let _ = std::fs::remove_file(&path);
+            return;
+        }
         Ok(Ok(bytes)) => bytes,
         Ok(Err(e)) => {
             tracing::error!(camera = %id, path = %path.display(), error = %e, "cannot make a segment durable; not indexed");
@@ -281,7 +303,9 @@ async fn close_fragment(
     let boot_started_ms = ctx.boot_started_ms;
     let inserted = ctx
         .store
-        .write(move |c| Ok::<_, StoreError>(index::insert_segment(c, &segment, boot_started_ms)?))
+        .write(move |c| {
+            Ok::<_, StoreError>(index::insert_segment(c, &segment, boot_started_ms)?.new_gap)
+        })
         .await;
     match inserted {
         Ok(gap) => {
@@ -290,6 +314,7 @@ async fn close_fragment(
             }
             let at = chrono::DateTime::from_timestamp_millis(end_ms);
             ctx.health.record(id, |h| h.last_segment_at = at).await;
+            ctx.retention.nudge();
         }
         Err(e) => {
             tracing::error!(camera = %id, path = %path.display(), error = %e, "cannot index a segment")

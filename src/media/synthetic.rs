@@ -64,6 +64,8 @@ pub struct SyntheticCamera {
 struct Running {
     context: glib::MainContext,
     main_loop: glib::MainLoop,
+    server: rtsp::RTSPServer,
+    source: glib::SourceId,
     thread: JoinHandle<()>,
 }
 
@@ -96,10 +98,18 @@ impl SyntheticCamera {
     /// Disconnects every client and closes the listening socket, like a camera losing power.
     pub fn stop(&mut self) {
         if let Some(r) = self.running.take() {
-            r.main_loop.quit();
+            // Like a camera losing power: no new connection from this instant, every session
+            // dropped, then the loop ends. Done on the server's own thread.
+            let (context, server, source, main_loop) =
+                (r.context.clone(), r.server, r.source, r.main_loop);
+            r.context.invoke(move || {
+                if let Some(listening) = context.find_source_by_id(&source) {
+                    listening.destroy();
+                }
+                server.client_filter(Some(&mut |_, _| rtsp::RTSPFilterResult::Remove));
+                main_loop.quit();
+            });
             let _ = r.thread.join();
-            // The server, its sessions and its socket belong to the context and go with it.
-            drop(r.context);
         }
     }
 
@@ -140,12 +150,6 @@ impl SyntheticCamera {
                         .acquire()
                         .expect("context owned by this thread only");
                     main_loop.run();
-                    // Shut down like a powered-off camera: drop every session, close the socket.
-                    server.client_filter(Some(&mut |_, _| rtsp::RTSPFilterResult::Remove));
-                    if let Some(listening) = context.find_source_by_id(&source) {
-                        listening.destroy();
-                    }
-                    drop(server);
                     while context.iteration(false) {}
                     drop(guard);
                 }
@@ -154,6 +158,8 @@ impl SyntheticCamera {
         self.running = Some(Running {
             context,
             main_loop,
+            server,
+            source,
             thread,
         });
         Ok(())

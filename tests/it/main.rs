@@ -4,4 +4,5 @@ mod config;
 mod daemon;
 mod fixtures;
 mod media;
+mod retention;
 mod store;

@@ -185,7 +185,14 @@ fn camera_outage_is_one_gap_and_recording_resumes_quickly() {
     stop(&mut d);
 
     let g = gaps(&d, "gate");
-    assert_eq!(g.len(), 1, "exactly one gap: {g:?}");
+    let files: Vec<_> = walk(&recordings(&d));
+    assert_eq!(
+        g.len(),
+        1,
+        "exactly one gap: {g:?}\nrows: {:?}\nfiles: {files:?}\nlog:\n{}",
+        segments(&d, "gate"),
+        d.log()
+    );
     let (start, end, reason) = &g[0];
     let seconds = (end - start) as f64 / 1000.0;
     assert!(
@@ -357,4 +364,149 @@ fn cameras_come_and_go_at_runtime_without_disturbing_others() {
             "gate stayed contiguous: {pair:?}"
         );
     }
+}
+
+#[test]
+fn clips_snapshots_and_stream_tests() {
+    let cam = camera();
+    let pw_dir = tempfile::tempdir().unwrap();
+    std::fs::write(pw_dir.path().join("pw"), "Cl1p-s3cret").unwrap();
+    let mut d = Daemon::start(&format!(
+        "{}username = \"viewer\"\npassword_file = \"{}\"\n",
+        camera_toml("gate", &cam.url("main"), 2),
+        pw_dir.path().join("pw").display()
+    ))
+    .ready();
+    wait_state(&d, "gate", "recording", Duration::from_secs(15));
+    let rows = wait_for(Duration::from_secs(30), || {
+        let rows = segments(&d, "gate");
+        (rows.len() >= 4).then_some(rows)
+    })
+    .expect("four segments");
+
+    // A clip across three segments, starting and ending inside the first and third.
+    let from = rows[0].start_ms + 500;
+    let to = rows[2].end_ms - 500;
+    let iso = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .unwrap()
+            .to_rfc3339()
+    };
+    let out_dir = tempfile::tempdir().unwrap();
+    let clip_path = out_dir.path().join("clip.mkv");
+    let out = d.cli(&[
+        "--json",
+        "clip",
+        "gate",
+        "--from",
+        &iso(from),
+        "--to",
+        &iso(to),
+        "-o",
+        clip_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["segments"], 3, "{report}");
+    assert_eq!(report["gaps"].as_array().unwrap().len(), 0);
+    let probed = probe_segment(&clip_path).unwrap();
+    let asked = Duration::from_millis((to - from) as u64);
+    assert!(probed.first_is_keyframe);
+    assert!(
+        probed.duration >= asked - Duration::from_millis(100)
+            && probed.duration <= asked + Duration::from_millis(1100),
+        "clip {:?} for a request of {asked:?} (one GOP is 1 s)",
+        probed.duration
+    );
+    let first_frame = report["first_frame_ms"].as_i64().unwrap();
+    assert!(
+        (from - 1100..=from).contains(&first_frame),
+        "the clip starts on the keyframe before `from`"
+    );
+
+    // Snapshots: the live frame and a recorded one, both real JPEGs of the camera's size.
+    for args in [
+        vec!["snapshot", "gate"],
+        vec!["snapshot", "gate", "--at", &iso(rows[1].start_ms + 700)],
+    ] {
+        let jpeg = out_dir.path().join("snap.jpg");
+        let mut args = args;
+        args.extend(["-o", jpeg.to_str().unwrap()]);
+        let out = d.cli(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let bytes = std::fs::read(&jpeg).unwrap();
+        assert_eq!(&bytes[..2], &[0xFF, 0xD8], "{args:?}: JPEG start of image");
+        assert_eq!(jpeg_size(&bytes), Some((320, 240)), "{args:?}");
+    }
+    let missing = d.cli(&[
+        "snapshot",
+        "gate",
+        "--at",
+        "2001-01-01T00:00:00Z",
+        "-o",
+        "/tmp/never.jpg",
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("nothing recorded"),
+        "{}",
+        stderr(&missing)
+    );
+
+    let test = d.cli(&["--json", "cameras", "test", "gate"]);
+    assert!(test.status.success(), "{}", stderr(&test));
+    let t: Value = serde_json::from_slice(&test.stdout).unwrap();
+    assert_eq!(
+        (
+            t["codec"].as_str(),
+            t["width"].as_i64(),
+            t["height"].as_i64()
+        ),
+        (Some("h264"), Some(320), Some(240))
+    );
+    let fps = t["fps"].as_f64().unwrap();
+    assert!((12.0..=18.0).contains(&fps), "fps {fps}");
+    assert_eq!(
+        t["gop_ms"].as_u64().map(|g| (g + 50) / 100),
+        Some(10),
+        "GOP of one second: {t}"
+    );
+
+    stop(&mut d);
+    assert!(!d.log().contains("Cl1p-s3cret"), "credentials never logged");
+}
+
+/// Width and height from a baseline JPEG's SOF0 marker.
+fn jpeg_size(bytes: &[u8]) -> Option<(u16, u16)> {
+    let mut i = 2;
+    while i + 9 < bytes.len() {
+        if bytes[i] != 0xFF {
+            return None;
+        }
+        let marker = bytes[i + 1];
+        let len = u16::from_be_bytes([bytes[i + 2], bytes[i + 3]]) as usize;
+        if marker == 0xC0 {
+            let h = u16::from_be_bytes([bytes[i + 5], bytes[i + 6]]);
+            let w = u16::from_be_bytes([bytes[i + 7], bytes[i + 8]]);
+            return Some((w, h));
+        }
+        i += 2 + len;
+    }
+    None
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(format!(
+                "{} {}",
+                e.path().display(),
+                e.metadata().map(|m| m.len()).unwrap_or(0)
+            ));
+        }
+    }
+    out
 }
