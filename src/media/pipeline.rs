@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! rtspsrc ─(video only)─ depay ─ parse ─ tee ─┬─ queue ─ splitmuxsink (matroskamux → unbuffered filesink)
-//!                                   │         └─ queue (leaky) ─ appsink "frames"
-//!                                   └─ probe: frames, bytes, keyframes, caps (health and stall watchdog)
+//!                                   │         └─ (the sampler attaches its leaky branch here)
+//!                                   └─ probe: frames, bytes, keyframes, caps, newest keyframe
 //! ```
 //!
 //! Invariant M1: one RTSP session per stream, and recording is stream copy: nothing on the
@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 
 use gstreamer as gst;
 use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 
 use crate::config::model::RtspTransport;
 use crate::config::secret::{Secret, redact_url};
@@ -65,6 +64,8 @@ pub struct StreamStats {
     pub info: Mutex<Option<StreamInfo>>,
     /// The newest keyframe with its caps: what a snapshot decodes when nobody samples frames.
     pub latest_keyframe: Mutex<Option<gst::Sample>>,
+    /// The stream's current caps, which a keyframe needs to be decoded on its own.
+    caps: Mutex<Option<gst::Caps>>,
     /// Wall clock (Unix ms) at running time zero, fixed on first use so that file names and
     /// segment rows use the same mapping.
     wall_at_zero_ms: OnceLock<i64>,
@@ -82,6 +83,7 @@ impl StreamStats {
             gop_ms: AtomicU64::new(0),
             info: Mutex::new(None),
             latest_keyframe: Mutex::new(None),
+            caps: Mutex::new(None),
             wall_at_zero_ms: OnceLock::new(),
         }
     }
@@ -109,7 +111,7 @@ impl StreamStats {
         zero + running_time.mseconds() as i64
     }
 
-    fn on_buffer(&self, buffer: &gst::BufferRef) {
+    fn on_buffer(&self, buffer: &gst::Buffer) {
         let now = (self.created.elapsed().as_millis() as u64).max(1);
         self.last_buffer_ms.store(now, Ordering::Relaxed);
         self.frames.fetch_add(1, Ordering::Relaxed);
@@ -117,6 +119,11 @@ impl StreamStats {
             .fetch_add(buffer.size() as u64, Ordering::Relaxed);
         if !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT) {
             self.keyframes.fetch_add(1, Ordering::Relaxed);
+            // A reference, not a copy: the newest keyframe stays in memory for snapshots.
+            let caps = self.caps.lock().ok().and_then(|c| c.clone());
+            if let (Some(caps), Ok(mut slot)) = (caps, self.latest_keyframe.lock()) {
+                *slot = Some(gst::Sample::builder().buffer(buffer).caps(&caps).build());
+            }
             if let Some(pts) = buffer.pts() {
                 let rt = pts.mseconds();
                 let previous = self.last_keyframe_rt_ms.swap(rt, Ordering::Relaxed);
@@ -133,7 +140,6 @@ pub struct StreamPipeline {
     pub pipeline: gst::Pipeline,
     pub stats: Arc<StreamStats>,
     record_queue: Option<gst::Element>,
-    frames_queue: gst::Element,
     smux: Option<gst::Element>,
 }
 
@@ -210,9 +216,18 @@ impl StreamPipeline {
     pub fn build(spec: StreamSpec) -> Result<StreamPipeline, BuildError> {
         let pipeline = gst::Pipeline::new();
         let stats = Arc::new(StreamStats::new());
+        // Over TCP packets arrive in order, so the jitterbuffer only needs to turn RTP time into
+        // buffer time: no latency and no clock slaving (timestamps follow the camera's RTP
+        // clock, which keeps them monotonic for the muxer, and saves a timer thread's wakeups).
+        // Over UDP it reorders, which needs its latency.
+        let (latency_ms, buffer_mode) = match spec.transport {
+            RtspTransport::Tcp => (0u32, "none"),
+            RtspTransport::Udp => (200u32, "auto"),
+        };
         let src = gst::ElementFactory::make("rtspsrc")
             .property("location", &spec.url)
-            .property("latency", 200u32)
+            .property("latency", latency_ms)
+            .property_from_str("buffer-mode", buffer_mode)
             // A camera that accepts the connection but never answers fails within this time.
             .property("tcp-timeout", 10_000_000u64)
             .property_from_str(
@@ -229,37 +244,13 @@ impl StreamPipeline {
         if let Some(pw) = &spec.password {
             src.set_property("user-pw", pw.expose());
         }
-        let tee = gst::ElementFactory::make("tee").name("tee").build()?;
-        let frames_queue = gst::ElementFactory::make("queue")
-            .property_from_str("leaky", "downstream")
-            .property("max-size-buffers", 30u32)
-            .property("max-size-bytes", 0u32)
-            .property("max-size-time", 0u64)
+        // Branches come and go (recording now; the sampler attaches its own); a tee with none
+        // must not fail the stream.
+        let tee = gst::ElementFactory::make("tee")
+            .name("tee")
+            .property("allow-not-linked", true)
             .build()?;
-        let frames = gst_app::AppSink::builder()
-            .name("frames")
-            .sync(false)
-            .max_buffers(2)
-            .drop(true)
-            .build();
-        pipeline.add_many([&src, &tee, &frames_queue, frames.upcast_ref()])?;
-        gst::Element::link_many([&tee, &frames_queue, frames.upcast_ref()])?;
-
-        let keyframes = stats.clone();
-        frames.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let is_key = sample
-                        .buffer()
-                        .is_some_and(|b| !b.flags().contains(gst::BufferFlags::DELTA_UNIT));
-                    if is_key && let Ok(mut slot) = keyframes.latest_keyframe.lock() {
-                        *slot = Some(sample);
-                    }
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+        pipeline.add_many([&src, &tee])?;
 
         let (record_queue, smux) = match spec.record {
             Some(record) => {
@@ -300,7 +291,6 @@ impl StreamPipeline {
             pipeline,
             stats,
             record_queue,
-            frames_queue,
             smux,
         })
     }
@@ -314,17 +304,16 @@ impl StreamPipeline {
         }
     }
 
-    /// Ends both branches with EOS so the open segment is finalized; the bus then reports the
-    /// closed fragment and EOS. Works whatever state the source is in.
+    /// Ends the recording branch with EOS so the open segment is finalized; the bus then
+    /// reports the closed fragment. The EOS enters at the branch's queue, so it works whatever
+    /// state the source is in and never waits for the receive thread.
     pub fn finish(&self) {
-        for queue in self
+        if let Some(pad) = self
             .record_queue
-            .iter()
-            .chain(std::iter::once(&self.frames_queue))
+            .as_ref()
+            .and_then(|q| q.static_pad("sink"))
         {
-            if let Some(pad) = queue.static_pad("sink") {
-                pad.send_event(gst::event::Eos::new());
-            }
+            pad.send_event(gst::event::Eos::new());
         }
     }
 }
@@ -341,8 +330,10 @@ fn add_recording_branch(
     record: RecordSpec,
     stats: Arc<StreamStats>,
 ) -> Result<(gst::Element, gst::Element), BuildError> {
-    // Bounded: a disk that stalls for longer than this backs up into the RTSP session, which is
-    // noticed (stall watchdog) instead of silently growing memory.
+    // splitmuxsink blocks its input while it finishes a GOP on the output side; without a queue
+    // of its own that would block the RTSP receive thread and the tee (a deadlock seen under
+    // load). Bounded: a disk that stalls longer than this backs up into the RTSP session, which
+    // the stall watchdog notices, instead of silently growing memory.
     let queue = gst::ElementFactory::make("queue")
         .property("max-size-buffers", 0u32)
         .property("max-size-bytes", 64u32 << 20)
@@ -463,6 +454,9 @@ fn link_video_pad(
                 Some(gst::PadProbeData::Buffer(buffer)) => probe_stats.on_buffer(buffer),
                 Some(gst::PadProbeData::Event(event)) => {
                     if let gst::EventView::Caps(c) = event.view() {
+                        if let Ok(mut slot) = probe_stats.caps.lock() {
+                            *slot = Some(c.caps_owned());
+                        }
                         let s = c.caps().structure(0);
                         let info = StreamInfo {
                             codec: codec.clone(),

@@ -212,7 +212,9 @@ async fn run_once(
                 Some(PipelineEvent::FragmentClosed { path, running_time }) => {
                     close_fragment(ctx, camera, &stream, &mut open, path, running_time).await;
                 }
-                Some(PipelineEvent::Eos) | None => break,
+                // The pipeline's EOS can come before the muxer reports its last file closed.
+                Some(PipelineEvent::Eos) if open.is_empty() => break,
+                None => break,
                 _ => {}
             }
         }
