@@ -16,5 +16,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod media;
+pub mod outbox;
+pub mod perception;
 pub mod registry;
 pub mod store;
+pub mod worker;

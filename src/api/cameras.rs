@@ -1,13 +1,18 @@
 //! Cameras and their recordings: `/api/v1/cameras...` and `/api/v1/health/cameras`.
 
-use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::auth::{Principal, Role};
 use super::{ApiError, AppState};
+
+const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
+const OPERATE: &[Role] = &[Role::Operator];
+const ADMIN: &[Role] = &[];
 use crate::config::model::CameraConfig;
 use crate::config::secret::Secret;
 use crate::media::clip::ClipReport;
@@ -71,7 +76,11 @@ impl CameraView {
     }
 }
 
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Vec<CameraView>>, ApiError> {
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<CameraView>>, ApiError> {
+    who.require(VIEW)?;
     let cameras = state.registry.cameras().await?;
     Ok(Json(
         cameras
@@ -83,8 +92,10 @@ pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Vec<Camer
 
 pub(super) async fn get(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<CameraView>, ApiError> {
+    who.require(VIEW)?;
     check_id(&id)?;
     let camera = state
         .registry
@@ -100,8 +111,10 @@ pub(super) async fn get(
 /// `POST /api/v1/cameras`: the camera's `heldar.toml` keys as JSON, plus an optional `password`.
 pub(super) async fn put(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     body: axum::body::Bytes,
 ) -> Result<Json<CameraView>, ApiError> {
+    who.require(ADMIN)?;
     let mut value: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
     let password = match value.as_object_mut().and_then(|o| o.remove("password")) {
@@ -127,15 +140,21 @@ pub(super) async fn put(
 
 pub(super) async fn delete(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(ADMIN)?;
     check_id(&id)?;
     state.registry.delete_camera(&id).await?;
     Ok(Json(serde_json::json!({ "removed": id })))
 }
 
-pub(super) async fn health(State(state): State<AppState>) -> Json<Vec<CameraHealth>> {
-    Json(state.media.health().all())
+pub(super) async fn health(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<CameraHealth>>, ApiError> {
+    who.require(VIEW)?;
+    Ok(Json(state.media.health().all()))
 }
 
 /// `from`/`to` as RFC 3339; the default window is the last 24 hours.
@@ -165,9 +184,11 @@ impl Window {
 
 pub(super) async fn segments(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(w): Query<Window>,
 ) -> Result<Json<Vec<Segment>>, ApiError> {
+    who.require(VIEW)?;
     check_id(&id)?;
     let (from, to) = w.bounds()?;
     let limit = w.limit.unwrap_or(500).clamp(1, 5000);
@@ -190,9 +211,11 @@ pub struct Timeline {
 
 pub(super) async fn timeline(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(w): Query<Window>,
 ) -> Result<Json<Timeline>, ApiError> {
+    who.require(VIEW)?;
     check_id(&id)?;
     let (from, to) = w.bounds()?;
     let camera_id = id.clone();
@@ -217,9 +240,11 @@ pub(super) async fn timeline(
 
 pub(super) async fn gaps(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(w): Query<Window>,
 ) -> Result<Json<Vec<Gap>>, ApiError> {
+    who.require(VIEW)?;
     check_id(&id)?;
     let (from, to) = w.bounds()?;
     let rows = state
@@ -260,9 +285,11 @@ pub(super) struct At {
 /// `GET /api/v1/cameras/{id}/snapshot[?at=T]`: a JPEG.
 pub(super) async fn snapshot(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Query(q): Query<At>,
 ) -> Result<Response, ApiError> {
+    who.require(OPERATE)?;
     check_id(&id)?;
     let jpeg = state
         .media
@@ -295,9 +322,11 @@ pub struct ClipAnswer {
 
 pub(super) async fn clip(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     Json(req): Json<ClipRequest>,
 ) -> Result<Json<ClipAnswer>, ApiError> {
+    who.require(OPERATE)?;
     check_id(&id)?;
     let (report, path) = state
         .media
@@ -313,8 +342,10 @@ pub(super) async fn clip(
 /// `GET /api/v1/clips/{name}`: an exported clip, streamed.
 pub(super) async fn clip_file(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    who.require(OPERATE)?;
     let valid = name.ends_with(".mkv") && !name.contains(['/', '\\']) && !name.starts_with('.');
     if !valid {
         return Err(ApiError::new(
@@ -335,16 +366,20 @@ pub(super) async fn clip_file(
 
 pub(super) async fn test(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Result<Json<StreamTest>, ApiError> {
+    who.require(OPERATE)?;
     check_id(&id)?;
     Ok(Json(state.media.test_camera(&id).await?))
 }
 
 pub(super) async fn lock(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(OPERATE)?;
     state.media.set_evidence_lock(id, true).await?;
     Ok(Json(
         serde_json::json!({ "segment": id, "evidence_locked": true }),
@@ -353,8 +388,10 @@ pub(super) async fn lock(
 
 pub(super) async fn unlock(
     State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(OPERATE)?;
     state.media.set_evidence_lock(id, false).await?;
     Ok(Json(
         serde_json::json!({ "segment": id, "evidence_locked": false }),

@@ -1,26 +1,34 @@
 //! The daemon's HTTP surfaces: the loopback HTTP listener and the Unix control socket the CLI
-//! talks to. Both serve the same handlers; they differ in who may call (tokens on TCP, Unix peer
-//! credentials on the socket, invariant X1).
+//! talks to. Both serve the same routes; they differ in who may call (tokens on TCP, Unix peer
+//! credentials on the socket, invariant X1), and every handler checks the caller's role.
 //!
-//! Owns: routing, JSON error shape (`{"error": "..."}`), the mapping from typed errors to HTTP
-//! status codes, and the control socket's access check.
+//! Owns: routing, authentication ([`auth`]), the JSON error shape (`{"error": "..."}`), the
+//! mapping from typed errors to HTTP status codes, and the control socket's access check.
 //! Input here is untrusted: every handler validates before it calls into another module.
 
+pub mod auth;
 mod cameras;
 pub mod control;
 mod error;
+mod outbox;
 mod system;
+mod worker;
 
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 
 pub use cameras::{CameraView, ClipAnswer, Timeline};
 pub use error::ApiError;
 pub use system::{SystemInfo, SystemStatus};
+pub use worker::DetectionRow;
 
 use crate::media::Media;
+use crate::outbox::Outbox;
+use crate::perception::Perception;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -30,11 +38,14 @@ pub struct AppState {
     pub store: Store,
     pub registry: Registry,
     pub media: Media,
+    pub perception: Perception,
+    pub outbox: Outbox,
+    pub tokens: auth::Tokens,
     pub system: Arc<SystemInfo>,
 }
 
-/// Routes served on the control socket (callers already authorised by peer credentials).
-pub fn control_router(state: AppState) -> Router {
+/// Every API route; callers reach them through [`control_router`] or [`http_router`].
+fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/system", get(system::status))
         .route("/api/v1/cameras", get(cameras::list).post(cameras::put))
@@ -48,21 +59,55 @@ pub fn control_router(state: AppState) -> Router {
         .route("/api/v1/cameras/{id}/snapshot", get(cameras::snapshot))
         .route("/api/v1/cameras/{id}/clip", post(cameras::clip))
         .route("/api/v1/cameras/{id}/test", post(cameras::test))
+        .route("/api/v1/cameras/{id}/frame", get(worker::frame))
+        .route("/api/v1/cameras/{id}/detections", get(worker::detections))
         .route("/api/v1/clips/{name}", get(cameras::clip_file))
         .route(
             "/api/v1/segments/{id}/evidence-lock",
             post(cameras::lock).delete(cameras::unlock),
         )
         .route("/api/v1/health/cameras", get(cameras::health))
+        .route("/api/v1/ai/leases", post(worker::lease))
+        .route(
+            "/api/v1/ai/leases/{lease_id}",
+            axum::routing::delete(worker::release),
+        )
+        .route("/api/v1/ai/tasks", get(worker::tasks))
+        .route("/api/v1/ai/samplers", get(worker::samplers))
+        .route(
+            "/api/v1/ai/events",
+            post(worker::ingest).layer(DefaultBodyLimit::max(worker::MAX_INGEST_BODY)),
+        )
+        .route("/api/v1/ai/embed-queries", get(worker::not_offered))
+        .route("/api/v1/ai/embeddings", post(worker::not_offered))
+        .route(
+            "/api/v1/tokens",
+            get(outbox::tokens).post(outbox::create_token),
+        )
+        .route(
+            "/api/v1/tokens/{id}",
+            axum::routing::delete(outbox::revoke_token),
+        )
+        .route("/api/v1/outbox", get(outbox::status))
+        .route("/api/v1/events", get(outbox::events))
+}
+
+/// Routes served on the control socket: callers were authorised by their Unix credentials and
+/// act as the local admin.
+pub fn control_router(state: AppState) -> Router {
+    routes()
+        .layer(middleware::from_fn(auth::local_admin))
         .with_state(state)
 }
 
-/// Routes served on the loopback TCP listener.
-///
-/// Until token authentication exists only the unauthenticated probes are offered here; the
-/// operator API is reachable through the control socket.
-pub fn http_router(state: AppState) -> Router {
-    Router::new()
+/// Routes served on the loopback TCP listener, behind token authentication; the probes are open.
+pub fn http_router(state: AppState, auth_required: bool) -> Router {
+    let layer = auth::AuthLayer {
+        tokens: state.tokens.clone(),
+        required: auth_required,
+    };
+    routes()
+        .layer(middleware::from_fn_with_state(layer, auth::authenticate))
         .route("/healthz", get(system::healthz))
         .route("/readyz", get(system::readyz))
         .with_state(state)

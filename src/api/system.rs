@@ -3,14 +3,19 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::auth::{Principal, Role};
 use super::{ApiError, AppState};
+
+const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 use crate::media::CameraHealth;
+use crate::outbox::OutboxStatus;
+use crate::perception::sampler::SamplerStatus;
 use crate::store::{Boot, BootHistory, StoreError, StoreStatus};
 
 /// Facts about this run, fixed at start-up.
@@ -39,9 +44,15 @@ pub struct SystemStatus {
     pub boots: BootHistory,
     pub store: StoreStatus,
     pub cameras: Vec<CameraHealth>,
+    pub samplers: Vec<SamplerStatus>,
+    pub outbox: OutboxStatus,
 }
 
-pub(super) async fn status(State(state): State<AppState>) -> Result<Json<SystemStatus>, ApiError> {
+pub(super) async fn status(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<SystemStatus>, ApiError> {
+    who.require(VIEW)?;
     let info = &state.system;
     Ok(Json(SystemStatus {
         version: env!("CARGO_PKG_VERSION").into(),
@@ -54,6 +65,8 @@ pub(super) async fn status(State(state): State<AppState>) -> Result<Json<SystemS
         boots: state.store.boot_history(info.boot).await?,
         store: state.store.status().await?,
         cameras: state.media.health().all(),
+        samplers: state.perception.samplers.status(),
+        outbox: state.outbox.status().await?,
     }))
 }
 

@@ -60,22 +60,63 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
         "  database        {}",
         crate::store::db_path(&dir).display()
     );
-    println!("  web             http://{}/healthz", args.http);
     println!(
         "  try             heldar --socket {} status",
+        socket.display()
+    );
+    println!(
+        "                  heldar --socket {} events tail --follow",
         socket.display()
     );
     match args.duration {
         Some(s) => println!("  stops after {s}s (or Ctrl-C)"),
         None => println!("  stop with Ctrl-C"),
     }
+    let (ready, addr) = tokio::sync::oneshot::channel();
     let overrides = daemon::Overrides {
         socket: Some(socket),
         stop_after: args.duration.map(Duration::from_secs),
+        ready: Some(ready),
     };
-    runtime()?.block_on(daemon::run(loaded.config, loaded.board_source, overrides))?;
+    let rt = runtime()?;
+    let worker = rt.spawn(async move {
+        let addr = addr.await.ok()?;
+        println!("  web             http://{addr}/");
+        start_worker(addr)
+    });
+    let result = rt.block_on(daemon::run(loaded.config, loaded.board_source, overrides));
+    if let Ok(Some(mut child)) = rt.block_on(worker) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = child.wait();
+    }
+    result?;
     drop(camera);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The reference motion worker, as its own process, as on a box.
+fn start_worker(addr: SocketAddr) -> Option<std::process::Child> {
+    let exe = std::env::current_exe().ok()?;
+    match std::process::Command::new(exe)
+        .args([
+            "worker",
+            "motion",
+            "--poll",
+            "2",
+            "--api",
+            &format!("http://{addr}"),
+        ])
+        .spawn()
+    {
+        Ok(child) => Some(child),
+        Err(e) => {
+            eprintln!("error: cannot start the motion worker: {e}");
+            None
+        }
+    }
 }
 
 fn demo_config(dir: &Path, socket: &Path, http: SocketAddr, camera_url: &str) -> String {
@@ -101,7 +142,13 @@ fn demo_config(dir: &Path, socket: &Path, http: SocketAddr, camera_url: &str) ->
          id = \"demo\"\n\
          name = \"Synthetic camera\"\n\
          url = {}\n\
-         segment_seconds = 10\n",
+         segment_seconds = 10\n\n\
+         [[tasks]]\n\
+         camera = \"demo\"\n\
+         task_type = \"motion\"\n\
+         profile = \"main\"\n\
+         fps = 5\n\
+         width = 640\n",
         quote(dir.display().to_string()),
         quote(http.to_string()),
         quote(socket.display().to_string()),

@@ -8,6 +8,7 @@
 mod cameras;
 mod client;
 mod demo;
+mod events;
 mod recordings;
 mod render;
 
@@ -86,6 +87,26 @@ enum Command {
         #[command(subcommand)]
         command: recordings::SegmentsCommand,
     },
+    /// API tokens for the HTTP listener and workers.
+    Token {
+        #[command(subcommand)]
+        command: events::TokenCommand,
+    },
+    /// The outbox: backlog per consumer, bytes, drops.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Recent events from the outbox.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Inference workers that speak the worker contract.
+    Worker {
+        #[command(subcommand)]
+        command: WorkerCommand,
+    },
     /// Work with the database.
     Db {
         #[command(subcommand)]
@@ -97,6 +118,46 @@ enum Command {
 enum ConfigCommand {
     /// Validate a config file with its board profile and print the effective config.
     Check { path: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Backlog per consumer cursor, oldest record age, bytes, dropped count.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Print recent records; with --follow keep printing new ones.
+    Tail {
+        #[arg(long)]
+        follow: bool,
+        /// detection, zone, alarm, camera or system.
+        #[arg(long)]
+        kind: Option<String>,
+        /// How many recent records to print first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkerCommand {
+    /// The reference motion worker (frame differencing, tracked regions).
+    Motion {
+        /// Base URL of the daemon's HTTP listener.
+        #[arg(long, default_value = "http://127.0.0.1:8000")]
+        api: String,
+        /// A worker token (heldar token create --role worker).
+        #[arg(long, env = "HELDAR_API_KEY")]
+        token: Option<String>,
+        /// Stable id of this worker [default: <hostname>:<pid>]
+        #[arg(long)]
+        worker_id: Option<String>,
+        /// Seconds between lease renewals.
+        #[arg(long, default_value_t = 10)]
+        poll: u64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,6 +260,48 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         ),
         Command::Segments { command } => {
             recordings::segments(command, client::Client::new(cli.socket), cli.json)
+        }
+        Command::Token { command } => {
+            events::token(command, client::Client::new(cli.socket), cli.json)
+        }
+        Command::Outbox {
+            command: OutboxCommand::Status,
+        } => events::outbox_status(client::Client::new(cli.socket), cli.json),
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    follow,
+                    kind,
+                    lines,
+                },
+        } => events::tail(
+            client::Client::new(cli.socket),
+            kind,
+            lines,
+            follow,
+            cli.json,
+        ),
+        Command::Worker {
+            command:
+                WorkerCommand::Motion {
+                    api,
+                    token,
+                    worker_id,
+                    poll,
+                },
+        } => {
+            daemon::logging::init("info");
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let worker_id =
+                worker_id.unwrap_or_else(|| format!("{}:{}", host.trim(), std::process::id()));
+            let settings = crate::worker::WorkerSettings {
+                api,
+                token,
+                worker_id,
+                poll: std::time::Duration::from_secs(poll.max(1)),
+            };
+            crate::worker::run(settings)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Status => {
             let client = client::Client::new(cli.socket);

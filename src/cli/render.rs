@@ -73,6 +73,41 @@ pub fn status(s: &SystemStatus) -> String {
             h.reconnects
         );
     }
+    for sm in &s.samplers {
+        let mode = if sm.keyframe_only {
+            ", keyframes only"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {}/{:?} {} at {:.2} of {:.2} fps, {} px{mode}, {} frames",
+            "sampler",
+            sm.camera_id,
+            sm.stream_profile,
+            sm.state,
+            sm.fps,
+            sm.requested_fps,
+            sm.width,
+            sm.frames
+        );
+    }
+    let o = &s.outbox;
+    let _ = writeln!(
+        out,
+        "{:<10} {} records ({}), {} dropped",
+        "outbox",
+        o.records,
+        bytes(o.bytes),
+        o.dropped
+    );
+    for c in &o.consumers {
+        let _ = writeln!(
+            out,
+            "{:<10} {} behind by {} records",
+            "consumer", c.consumer, c.backlog
+        );
+    }
     out
 }
 
@@ -275,5 +310,72 @@ pub fn stream_test(t: &crate::media::StreamTest) -> String {
             .unwrap_or_else(|| "?".into()),
         number(t.bitrate_kbps, "kbit/s"),
         t.connect_ms
+    )
+}
+
+pub fn tokens(tokens: &[crate::api::auth::TokenInfo]) -> String {
+    let mut out = format!(
+        "{:<10} {:<9} {:<24} {:<20} {}\n",
+        "ID", "ROLE", "NAME", "CREATED", "STATE"
+    );
+    for t in tokens {
+        let _ = writeln!(
+            out,
+            "{:<10} {:<9} {:<24} {:<20} {}",
+            t.id,
+            t.role.as_str(),
+            t.name,
+            time(t.created_at_ms).chars().take(19).collect::<String>(),
+            if t.revoked { "revoked" } else { "active" }
+        );
+    }
+    out
+}
+
+pub fn outbox(s: &crate::outbox::OutboxStatus) -> String {
+    let mut out = String::new();
+    let age = |a: Option<f64>| a.map(|a| duration(a as u64)).unwrap_or_else(|| "-".into());
+    let _ = writeln!(
+        out,
+        "outbox     {} records, {}, newest seq {}, oldest {} old, {} dropped",
+        s.records,
+        bytes(s.bytes),
+        s.newest_seq,
+        age(s.oldest_age_s),
+        s.dropped
+    );
+    for c in &s.consumers {
+        let _ = writeln!(
+            out,
+            "consumer   {:<16} cursor {:<8} backlog {:<8} oldest unfinished {}",
+            c.consumer,
+            c.cursor,
+            c.backlog,
+            age(c.oldest_age_s)
+        );
+    }
+    out
+}
+
+pub fn record(r: &crate::outbox::Record) -> String {
+    let camera = r.camera_id.as_deref().unwrap_or("-");
+    let detail = match r.kind.as_str() {
+        "detection" => {
+            let n = r.payload["detections"].as_array().map_or(0, Vec::len);
+            format!(
+                "{} detections ({})",
+                n,
+                r.payload["task_type"].as_str().unwrap_or("?")
+            )
+        }
+        _ => r.payload.to_string(),
+    };
+    format!(
+        "{:>8} {} {:<9} {:<14} {:<12} {detail}",
+        r.seq,
+        time(r.ts_ms),
+        r.kind,
+        r.r#type,
+        camera
     )
 }

@@ -34,6 +34,7 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub media: MediaConfig,
     pub sampler: SamplerConfig,
+    pub workers: WorkersConfig,
     pub limits: LimitsConfig,
     pub cameras: Vec<CameraConfig>,
     pub tasks: Vec<TaskConfig>,
@@ -56,6 +57,7 @@ impl Default for Config {
             recording: RecordingConfig::default(),
             media: MediaConfig::default(),
             sampler: SamplerConfig::default(),
+            workers: WorkersConfig::default(),
             limits: LimitsConfig::default(),
             cameras: Vec::new(),
             tasks: Vec::new(),
@@ -250,6 +252,15 @@ impl Default for SamplerConfig {
             max_total_fps: 40.0,
         }
     }
+}
+
+/// How inference workers are held to account.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersConfig {
+    /// Accept only batches carrying the frame ticket of a leased frame (off: ticketless batches
+    /// are accepted as the worker describes them, as upstream workers expect).
+    pub require_tickets: bool,
 }
 
 /// Resource limits of the board, used by the systemd unit and shown by `heldar status`.

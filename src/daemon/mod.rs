@@ -27,9 +27,13 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::api::auth::Tokens;
 use crate::api::{self, AppState, SystemInfo, control::ControlListener};
 use crate::config::Config;
 use crate::media::Media;
+use crate::outbox::Outbox;
+use crate::perception::sampler::Samplers;
+use crate::perception::{FrameStore, Perception};
 use crate::registry::Registry;
 use crate::store::{self, Store};
 
@@ -38,19 +42,21 @@ use crate::store::{self, Store};
 pub const GRACE: Duration = Duration::from_secs(10);
 
 /// What a caller may override over the config when starting the daemon.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct Overrides {
     /// `HELDAR_SOCKET` or `--socket`.
     pub socket: Option<PathBuf>,
     /// Stop on our own after this long, as if signalled (`heldar demo --duration`).
     pub stop_after: Option<Duration>,
+    /// Told the HTTP address once the daemon serves (`heldar demo` starts its worker then).
+    pub ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
 }
 
 /// Runs the daemon to completion. `Ok` means a clean, signalled stop.
 pub async fn run(
     config: Config,
     board_source: Option<String>,
-    overrides: Overrides,
+    mut overrides: Overrides,
 ) -> anyhow::Result<()> {
     gstreamer::init()
         .context("GStreamer failed to initialise (is libgstreamer1.0-0 installed?)")?;
@@ -60,8 +66,25 @@ pub async fn run(
     let db = store::db_path(&config.data_dir);
     let store = tokio::task::spawn_blocking(move || Store::open(&db)).await??;
     let (boot, history) = store.record_boot().await?;
-    let registry = Registry::open(store.clone(), &config.cameras, &config.serial).await?;
+    let registry = Registry::open(store.clone(), &config).await?;
     let media = Media::new(store.clone(), registry.clone(), &config, boot.started_at_ms);
+    let outbox = Outbox::new(store.clone(), config.outbox.clone());
+    let frames = FrameStore::default();
+    let samplers = Samplers::new(
+        registry.clone(),
+        media.clone(),
+        frames.clone(),
+        config.media.clone(),
+        config.sampler.max_total_fps,
+    );
+    let perception = Perception::new(
+        store.clone(),
+        registry.clone(),
+        outbox.clone(),
+        frames,
+        samplers.clone(),
+        config.workers.require_tickets,
+    );
     if history.previous_clean == Some(false) {
         tracing::warn!(
             unclean_total = history.unclean,
@@ -71,7 +94,7 @@ pub async fn run(
 
     let socket_path = overrides
         .socket
-        .clone()
+        .take()
         .unwrap_or_else(|| config.control.socket.clone());
     let control = ControlListener::bind(&socket_path, &config.control.group)
         .await
@@ -85,6 +108,9 @@ pub async fn run(
         store: store.clone(),
         registry: registry.clone(),
         media: media.clone(),
+        perception: perception.clone(),
+        outbox: outbox.clone(),
+        tokens: Tokens::new(store.clone()),
         system: Arc::new(SystemInfo {
             device_id: config.device_id.clone(),
             data_dir: config.data_dir.clone(),
@@ -116,7 +142,7 @@ pub async fn run(
     });
     tracing::info!(url = %format!("http://{http_listen}/"), "http listening");
     services.spawn("http", {
-        let router = api::http_router(state.clone());
+        let router = api::http_router(state.clone(), config.http.auth);
         let token = shutdown.clone();
         async move {
             axum::serve(http, router)
@@ -124,6 +150,14 @@ pub async fn run(
                 .await?;
             Ok(())
         }
+    });
+    services.spawn("outbox compaction", {
+        let (outbox, token) = (outbox.clone(), shutdown.clone());
+        async move { outbox.run_compaction(token).await }
+    });
+    services.spawn("samplers", {
+        let token = shutdown.clone();
+        async move { samplers.run(token).await }
     });
     services.spawn("retention", {
         let (retention, token) = (media.retention(), shutdown.clone());
@@ -144,6 +178,9 @@ pub async fn run(
     }
 
     notify::ready(&format!("serving; http on {http_listen}"));
+    if let Some(ready) = overrides.ready {
+        let _ = ready.send(http_listen);
+    }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), device_id = %config.device_id, "heldar is up");
 
     wait_for_stop(&shutdown, overrides.stop_after).await?;

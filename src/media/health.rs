@@ -15,6 +15,8 @@ use crate::store::{Store, StoreError};
 pub enum CameraState {
     Connecting,
     Recording,
+    /// Delivers video for detection while recording is off for this camera.
+    Streaming,
     /// Was connected or tried to connect, and is not now; retries continue.
     Offline,
     /// Cannot work as configured (no URL, a pipeline that cannot be built); retries continue.
@@ -27,6 +29,7 @@ impl CameraState {
         match self {
             CameraState::Connecting => "connecting",
             CameraState::Recording => "recording",
+            CameraState::Streaming => "streaming",
             CameraState::Offline => "offline",
             CameraState::Error => "error",
             CameraState::Disabled => "disabled",

@@ -32,9 +32,11 @@ use tokio_util::sync::CancellationToken;
 
 pub use health::{CameraHealth, CameraState, HealthBoard};
 pub use ops::{MediaError, StreamTest};
+pub use pipeline::{EncodedFrame, FrameTap, TapSlot};
+use supervisor::StreamPlan;
 
 use crate::config::Config;
-use crate::config::model::{CameraConfig, MediaConfig, RtspTransport, Vendor};
+use crate::config::model::{CameraConfig, MediaConfig, RtspTransport, StreamProfile, Vendor};
 use crate::config::secret::Secret;
 use crate::registry::{Camera, Registry};
 use crate::store::Store;
@@ -49,6 +51,8 @@ pub(crate) struct MediaContext {
     pub retention: retention::Retention,
     /// The running stream of each recording camera, for snapshots of its newest keyframe.
     pub live: Mutex<HashMap<String, Arc<pipeline::StreamStats>>>,
+    /// Where samplers plug in, per (camera, profile).
+    pub taps: Mutex<HashMap<(String, StreamProfile), Arc<TapSlot>>>,
     /// Start of this daemon run, to tell daemon downtime from camera downtime in gaps.
     pub boot_started_ms: i64,
 }
@@ -86,8 +90,16 @@ impl StreamKey {
     }
 }
 
+/// One of a camera's streams.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct StreamId {
+    camera: String,
+    profile: StreamProfile,
+}
+
 struct Running {
     key: StreamKey,
+    record: bool,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -97,7 +109,7 @@ struct Running {
 pub struct Media {
     ctx: Arc<MediaContext>,
     registry: Registry,
-    running: Arc<Mutex<HashMap<String, Running>>>,
+    running: Arc<Mutex<HashMap<StreamId, Running>>>,
 }
 
 impl Media {
@@ -117,6 +129,7 @@ impl Media {
             media: config.media.clone(),
             retention,
             live: Mutex::default(),
+            taps: Mutex::default(),
             boot_started_ms,
         };
         Media {
@@ -169,21 +182,88 @@ impl Media {
         Ok(())
     }
 
+    /// The slot where a sampler for a camera's `profile` plugs in; the stream serving that
+    /// profile reads it on every frame.
+    pub fn tap_slot(&self, camera: &str, profile: StreamProfile) -> Arc<TapSlot> {
+        let mut taps = self.ctx.taps.lock().unwrap_or_else(|e| e.into_inner());
+        taps.entry((camera.to_string(), profile))
+            .or_default()
+            .clone()
+    }
+
+    /// Streams to run: the main stream when recording or sampled (or sampled as `sub` by a camera
+    /// without a sub stream), the sub stream when sampled and distinct. One RTSP session per
+    /// stream (invariant M1).
+    async fn wanted(
+        &self,
+    ) -> Result<HashMap<StreamId, StreamPlan>, crate::registry::RegistryError> {
+        let cameras = self.registry.cameras().await?;
+        let tasks = self.registry.active_tasks().await?;
+        let mut wanted = HashMap::new();
+        for camera in cameras.iter().filter(|c| c.enabled) {
+            let sampled = |p: StreamProfile| {
+                tasks
+                    .iter()
+                    .any(|t| t.camera_id == camera.id() && t.profile == p)
+            };
+            let (Some(main_url), Some(sub_url)) = (
+                url::stream_url(&camera.settings, StreamProfile::Main),
+                url::stream_url(&camera.settings, StreamProfile::Sub),
+            ) else {
+                continue;
+            };
+            let shared_sub = sub_url == main_url;
+            if camera.record
+                || sampled(StreamProfile::Main)
+                || (sampled(StreamProfile::Sub) && shared_sub)
+            {
+                let mut taps = vec![self.tap_slot(camera.id(), StreamProfile::Main)];
+                if shared_sub {
+                    taps.push(self.tap_slot(camera.id(), StreamProfile::Sub));
+                }
+                let id = StreamId {
+                    camera: camera.id().to_string(),
+                    profile: StreamProfile::Main,
+                };
+                let plan = StreamPlan {
+                    camera: camera.clone(),
+                    profile: StreamProfile::Main,
+                    url: main_url,
+                    record: camera.record,
+                    taps,
+                };
+                wanted.insert(id, plan);
+            }
+            if sampled(StreamProfile::Sub) && !shared_sub {
+                let id = StreamId {
+                    camera: camera.id().to_string(),
+                    profile: StreamProfile::Sub,
+                };
+                let taps = vec![self.tap_slot(camera.id(), StreamProfile::Sub)];
+                let plan = StreamPlan {
+                    camera: camera.clone(),
+                    profile: StreamProfile::Sub,
+                    url: sub_url,
+                    record: false,
+                    taps,
+                };
+                wanted.insert(id, plan);
+            }
+        }
+        Ok(wanted)
+    }
+
     async fn reconcile(&self) -> Result<(), crate::registry::RegistryError> {
         let cameras = self.registry.cameras().await?;
-        let wanted: HashMap<String, Camera> = cameras
-            .iter()
-            .filter(|c| c.enabled && c.record)
-            .map(|c| (c.id().to_string(), c.clone()))
-            .collect();
-        let to_stop: Vec<(String, Running)> = {
+        let mut wanted = self.wanted().await?;
+        let to_stop: Vec<(StreamId, Running)> = {
             let mut running = self.lock();
-            let stale: Vec<String> = running
+            let stale: Vec<StreamId> = running
                 .iter()
                 .filter(|(id, r)| {
-                    wanted
-                        .get(*id)
-                        .is_none_or(|c| StreamKey::of(&c.settings) != r.key)
+                    wanted.get(*id).is_none_or(|p| {
+                        StreamKey::of(&p.camera.settings) != r.key || p.record != r.record
+                    })
                 })
                 .map(|(id, _)| id.clone())
                 .collect();
@@ -193,12 +273,16 @@ impl Media {
                 .collect()
         };
         for (id, _) in &to_stop {
-            tracing::info!(camera = %id, "stopping camera pipeline");
+            tracing::info!(camera = %id.camera, stream = ?id.profile, "stopping camera pipeline");
         }
         stop_all(to_stop.into_iter().map(|(_, r)| r).collect()).await;
 
         for camera in &cameras {
-            if !wanted.contains_key(camera.id()) {
+            let main = StreamId {
+                camera: camera.id().to_string(),
+                profile: StreamProfile::Main,
+            };
+            if !wanted.contains_key(&main) {
                 self.ctx
                     .health
                     .record(camera.id(), |h| h.state = CameraState::Disabled)
@@ -212,23 +296,27 @@ impl Media {
             }
         }
         let mut running = self.lock();
-        for (id, camera) in wanted {
+        for (id, plan) in wanted.drain() {
             if running.contains_key(&id) {
                 continue;
             }
             let stop = CancellationToken::new();
-            let key = StreamKey::of(&camera.settings);
-            let task = tokio::spawn(supervisor::supervise(
-                self.ctx.clone(),
-                camera,
-                stop.clone(),
-            ));
-            running.insert(id, Running { key, stop, task });
+            let (key, record) = (StreamKey::of(&plan.camera.settings), plan.record);
+            let task = tokio::spawn(supervisor::supervise(self.ctx.clone(), plan, stop.clone()));
+            running.insert(
+                id,
+                Running {
+                    key,
+                    record,
+                    stop,
+                    task,
+                },
+            );
         }
         Ok(())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Running>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<StreamId, Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -200,6 +200,7 @@ impl Media {
             password: camera.password().cloned(),
             transport: camera.settings.transport,
             record: None,
+            taps: Vec::new(),
         };
         let stream = StreamPipeline::build(spec).map_err(|e| MediaError::Failed(e.to_string()))?;
         let bus = gst::prelude::ElementExt::bus(&stream.pipeline)

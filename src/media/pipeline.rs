@@ -33,6 +33,46 @@ pub struct StreamSpec {
     pub transport: RtspTransport,
     /// `None`: no recording branch (a stream used only for frames).
     pub record: Option<RecordSpec>,
+    /// Consumers of this stream's encoded frames (samplers); empty for none.
+    pub taps: Vec<Arc<TapSlot>>,
+}
+
+/// One encoded frame as a [`FrameTap`] sees it.
+pub struct EncodedFrame<'a> {
+    pub buffer: &'a gst::Buffer,
+    pub caps: &'a gst::Caps,
+    /// `h264` or `h265`.
+    pub codec: &'a str,
+    /// Wall clock of the frame (its RTP time on our clock), Unix ms.
+    pub captured_ms: i64,
+    pub keyframe: bool,
+    /// The stream's keyframe interval observed so far (0: not yet known).
+    pub gop_ms: u64,
+}
+
+/// Something that wants a camera stream's encoded frames: a sampler.
+///
+/// `offer` runs on the camera's streaming thread for every frame, so it must only copy
+/// references, decide, and return: never block, never wait for a lock held elsewhere for long.
+pub trait FrameTap: Send + Sync {
+    fn offer(&self, frame: &EncodedFrame<'_>);
+}
+
+/// Where a sampler plugs into a stream; the stream pipeline reads it on every frame, so taps come
+/// and go without rebuilding the pipeline.
+#[derive(Default)]
+pub struct TapSlot {
+    tap: Mutex<Option<Arc<dyn FrameTap>>>,
+}
+
+impl TapSlot {
+    pub fn set(&self, tap: Option<Arc<dyn FrameTap>>) {
+        *self.tap.lock().unwrap_or_else(|e| e.into_inner()) = tap;
+    }
+
+    fn get(&self) -> Option<Arc<dyn FrameTap>> {
+        self.tap.lock().ok().and_then(|t| t.clone())
+    }
 }
 
 pub struct RecordSpec {
@@ -66,6 +106,8 @@ pub struct StreamStats {
     pub latest_keyframe: Mutex<Option<gst::Sample>>,
     /// The stream's current caps, which a keyframe needs to be decoded on its own.
     caps: Mutex<Option<gst::Caps>>,
+    /// The current segment, to turn buffer timestamps into running time.
+    segment: Mutex<Option<gst::FormattedSegment<gst::ClockTime>>>,
     /// Wall clock (Unix ms) at running time zero, fixed on first use so that file names and
     /// segment rows use the same mapping.
     wall_at_zero_ms: OnceLock<i64>,
@@ -84,6 +126,7 @@ impl StreamStats {
             info: Mutex::new(None),
             latest_keyframe: Mutex::new(None),
             caps: Mutex::new(None),
+            segment: Mutex::new(None),
             wall_at_zero_ms: OnceLock::new(),
         }
     }
@@ -277,11 +320,12 @@ impl StreamPipeline {
         });
         let weak_pipeline = pipeline.downgrade();
         let link_stats = stats.clone();
+        let taps = spec.taps;
         src.connect_pad_added(move |_, pad| {
             let Some(pipeline) = weak_pipeline.upgrade() else {
                 return;
             };
-            if let Err(e) = link_video_pad(&pipeline, pad, &link_stats) {
+            if let Err(e) = link_video_pad(&pipeline, pad, &link_stats, taps.clone()) {
                 let element = pipeline.upcast_ref::<gst::Element>();
                 gst::element_error!(element, gst::StreamError::CodecNotFound, ("{}", e.0));
             }
@@ -398,11 +442,47 @@ pub fn segment_path(dir: &Path, start_ms: i64) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Hands one frame to every attached tap, with its capture time.
+fn offer_to_taps(
+    taps: &[Arc<TapSlot>],
+    stats: &StreamStats,
+    pad: &gst::Pad,
+    buffer: &gst::Buffer,
+    codec: &str,
+) {
+    let attached: Vec<Arc<dyn FrameTap>> = taps.iter().filter_map(|t| t.get()).collect();
+    if attached.is_empty() {
+        return;
+    }
+    let Some(caps) = stats.caps.lock().ok().and_then(|c| c.clone()) else {
+        return;
+    };
+    let running = buffer
+        .pts()
+        .zip(stats.segment.lock().ok().and_then(|s| s.clone()))
+        .and_then(|(pts, seg)| seg.to_running_time(pts));
+    let (Some(running), Some(element)) = (running, pad.parent_element()) else {
+        return;
+    };
+    let frame = EncodedFrame {
+        buffer,
+        caps: &caps,
+        codec,
+        captured_ms: stats.wall_ms(&element, running),
+        keyframe: !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT),
+        gop_ms: stats.gop_ms.load(Ordering::Relaxed),
+    };
+    for tap in attached {
+        tap.offer(&frame);
+    }
+}
+
 /// Links a new rtspsrc pad: depayloader and parser for its codec, then the tee.
 fn link_video_pad(
     pipeline: &gst::Pipeline,
     pad: &gst::Pad,
     stats: &Arc<StreamStats>,
+    taps: Vec<Arc<TapSlot>>,
 ) -> Result<(), BuildError> {
     let caps = pad
         .current_caps()
@@ -449,10 +529,20 @@ fn link_video_pad(
     let codec = codec.to_string();
     tee_sink.add_probe(
         gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-        move |_, info| {
+        move |pad, info| {
             match &info.data {
-                Some(gst::PadProbeData::Buffer(buffer)) => probe_stats.on_buffer(buffer),
+                Some(gst::PadProbeData::Buffer(buffer)) => {
+                    probe_stats.on_buffer(buffer);
+                    if !taps.is_empty() {
+                        offer_to_taps(&taps, &probe_stats, pad, buffer, &codec);
+                    }
+                }
                 Some(gst::PadProbeData::Event(event)) => {
+                    if let gst::EventView::Segment(seg) = event.view()
+                        && let Ok(mut slot) = probe_stats.segment.lock()
+                    {
+                        *slot = seg.segment().downcast_ref::<gst::ClockTime>().cloned();
+                    }
                     if let gst::EventView::Caps(c) = event.view() {
                         if let Ok(mut slot) = probe_stats.caps.lock() {
                             *slot = Some(c.caps_owned());

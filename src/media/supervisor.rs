@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use super::MediaContext;
 use super::health::CameraState;
 use super::index::{self, NewSegment};
+use super::pipeline::TapSlot;
 use super::pipeline::{PipelineEvent, RecordSpec, StreamPipeline, StreamSpec};
 use super::reconcile::start_from_name;
-use super::url::stream_url;
 use crate::config::model::StreamProfile;
 use crate::config::secret::redact_url;
 use crate::registry::Camera;
@@ -49,37 +49,59 @@ enum RunEnd {
     Failed(String),
 }
 
-pub(super) async fn supervise(ctx: Arc<MediaContext>, camera: Camera, stop: CancellationToken) {
-    let id = camera.id().to_string();
-    let Some(url) = stream_url(&camera.settings, StreamProfile::Main) else {
-        // Validation makes this unreachable for stored cameras; say so plainly if it happens.
-        ctx.health
-            .record(&id, |h| {
-                h.state = CameraState::Error;
-                h.last_error = Some("no stream URL: set url, or vendor and address".into());
-            })
-            .await;
-        return;
-    };
-    let probe_addr = tcp_address(&url);
+/// One stream of one camera, as the media service decided to run it.
+pub(super) struct StreamPlan {
+    pub camera: Camera,
+    /// Which of the camera's streams this pipeline reads.
+    pub profile: StreamProfile,
+    pub url: String,
+    /// Whether this stream is recorded (only the main stream ever is).
+    pub record: bool,
+    /// Samplers fed by this stream.
+    pub taps: Vec<Arc<TapSlot>>,
+}
+
+impl StreamPlan {
+    /// The camera's health follows its main stream; a sub stream only logs.
+    fn reports(&self) -> bool {
+        self.profile == StreamProfile::Main
+    }
+
+    /// The state of a stream that delivers video.
+    fn flowing(&self) -> CameraState {
+        if self.record {
+            CameraState::Recording
+        } else {
+            CameraState::Streaming
+        }
+    }
+}
+
+pub(super) async fn supervise(ctx: Arc<MediaContext>, plan: StreamPlan, stop: CancellationToken) {
+    let id = plan.camera.id().to_string();
+    let probe_addr = tcp_address(&plan.url);
     let mut backoff = BACKOFF_MIN;
     loop {
-        ctx.health
-            .record(&id, |h| h.state = CameraState::Connecting)
-            .await;
-        let started = Instant::now();
-        let end = run_once(&ctx, &camera, &url, &stop).await;
-        if let RunEnd::Failed(reason) = &end {
-            tracing::warn!(camera = %id, reason = %reason, "camera stream failed; retrying");
+        if plan.reports() {
             ctx.health
-                .record(&id, |h| {
-                    h.state = CameraState::Offline;
-                    h.reconnects += 1;
-                    h.last_error = Some(reason.clone());
-                    h.fps = None;
-                    h.bitrate_kbps = None;
-                })
+                .record(&id, |h| h.state = CameraState::Connecting)
                 .await;
+        }
+        let started = Instant::now();
+        let end = run_once(&ctx, &plan, &stop).await;
+        if let RunEnd::Failed(reason) = &end {
+            tracing::warn!(camera = %id, stream = ?plan.profile, reason = %reason, "camera stream failed; retrying");
+            if plan.reports() {
+                ctx.health
+                    .record(&id, |h| {
+                        h.state = CameraState::Offline;
+                        h.reconnects += 1;
+                        h.last_error = Some(reason.clone());
+                        h.fps = None;
+                        h.bitrate_kbps = None;
+                    })
+                    .await;
+            }
         }
         if matches!(end, RunEnd::Stopped) || stop.is_cancelled() {
             return;
@@ -96,28 +118,31 @@ pub(super) async fn supervise(ctx: Arc<MediaContext>, camera: Camera, stop: Canc
     }
 }
 
-async fn run_once(
-    ctx: &MediaContext,
-    camera: &Camera,
-    url: &str,
-    stop: &CancellationToken,
-) -> RunEnd {
+async fn run_once(ctx: &MediaContext, plan: &StreamPlan, stop: &CancellationToken) -> RunEnd {
+    let camera = &plan.camera;
+    let url = plan.url.as_str();
     let id = camera.id();
     let settings = &camera.settings;
     let segment = Duration::from_secs(settings.segment_seconds.into());
-    let camera_dir = ctx.recordings_dir.join(id);
-    if let Err(e) = create_dir_durably(&camera_dir) {
-        return RunEnd::Failed(format!("cannot create {}: {e}", camera_dir.display()));
-    }
+    let record = if plan.record {
+        let camera_dir = ctx.recordings_dir.join(id);
+        if let Err(e) = create_dir_durably(&camera_dir) {
+            return RunEnd::Failed(format!("cannot create {}: {e}", camera_dir.display()));
+        }
+        Some(RecordSpec {
+            dir: camera_dir,
+            segment,
+        })
+    } else {
+        None
+    };
     let spec = StreamSpec {
         url: url.to_string(),
         username: settings.username.clone(),
         password: camera.password().cloned(),
         transport: settings.transport,
-        record: Some(RecordSpec {
-            dir: camera_dir,
-            segment,
-        }),
+        record,
+        taps: plan.taps.clone(),
     };
     let stream = match StreamPipeline::build(spec) {
         Ok(p) => p,
@@ -177,17 +202,19 @@ async fn run_once(
                     }
                     let (fps, kbps) = rate.sample(stats);
                     let info = stats.info.lock().ok().and_then(|i| i.clone());
-                    let recording = ctx.health.get(id).is_some_and(|h| h.state == CameraState::Recording);
-                    if recording {
+                    let flowing = ctx.health.get(id).is_some_and(|h| h.state == plan.flowing());
+                    if !plan.reports() {
+                        // A sub stream feeds samplers only; the camera's health follows its main stream.
+                    } else if flowing {
                         ctx.health.observe(id, |h| {
                             h.fps = fps.or(h.fps);
                             h.bitrate_kbps = kbps.or(h.bitrate_kbps);
                             h.gop_ms = (gop_ms > 0).then_some(gop_ms);
                         });
                     } else {
-                        tracing::info!(camera = %id, "recording");
+                        tracing::info!(camera = %id, state = plan.flowing().as_str(), "stream up");
                         ctx.health.record(id, |h| {
-                            h.state = CameraState::Recording;
+                            h.state = plan.flowing();
                             if let Some(info) = info {
                                 h.codec = Some(info.codec);
                                 h.width = info.width;

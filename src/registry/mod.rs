@@ -9,6 +9,8 @@
 //! one transaction, and only then announces the change (a version bump on a watch channel) to the
 //! services that act on it. A refused change leaves nothing behind.
 
+mod tasks;
+
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -16,13 +18,16 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::config::Config;
 use crate::config::model::{CameraConfig, SerialConfig};
 use crate::config::secret::Secret;
 use crate::config::{Problem, camera_problems};
 use crate::store::{Store, StoreError};
 
-/// Who declared a camera.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub use tasks::{Task, task_id};
+
+/// Who declared a camera or task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     File,
@@ -126,11 +131,9 @@ impl Registry {
     /// Makes the registry reflect `heldar.toml`: file cameras are upserted, file cameras no longer
     /// in the file are removed, runtime cameras are kept (one that now has a file declaration
     /// becomes a file camera, with a warning).
-    pub async fn open(
-        store: Store,
-        cameras: &[CameraConfig],
-        serial: &[SerialConfig],
-    ) -> Result<Registry, RegistryError> {
+    pub async fn open(store: Store, config: &Config) -> Result<Registry, RegistryError> {
+        let (cameras, serial) = (&config.cameras, &config.serial);
+        let file_tasks = config.tasks.clone();
         let file_secrets = cameras
             .iter()
             .filter_map(|c| c.password.clone().map(|p| (c.id.clone(), p)))
@@ -171,6 +174,7 @@ impl Registry {
                 for id in &stale {
                     c.execute("DELETE FROM cameras WHERE id = ?1", [id])?;
                 }
+                tasks::sync_file(c, &file_tasks)?;
                 Ok::<_, RegistryError>(converted)
             })
             .await?;

@@ -32,6 +32,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_media",
         sql: include_str!("../../migrations/0002_media.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_perception",
+        sql: include_str!("../../migrations/0003_perception.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -23,7 +23,7 @@ fn bad_configs_name_the_key_and_exit_2() {
     let cases: Vec<(String, &str)> = vec![
         (
             "colour = \"red\"".into(),
-            "error: colour: unknown key (expected one of device_id, data_dir, board, log_level, http, control, mqtt, outbox, recording, media, sampler, limits, cameras, tasks, zones, serial, rules)",
+            "error: colour: unknown key (expected one of device_id, data_dir, board, log_level, http, control, mqtt, outbox, recording, media, sampler, workers, limits, cameras, tasks, zones, serial, rules)",
         ),
         (
             format!("{CAM}fps = 5"),

@@ -38,9 +38,7 @@ async fn fixture(max_bytes: Option<u64>, min_free: u64) -> Fixture {
         .unwrap()
         .config;
     let store = Store::open(&store::db_path(&data)).unwrap();
-    let registry = Registry::open(store.clone(), &config.cameras, &config.serial)
-        .await
-        .unwrap();
+    let registry = Registry::open(store.clone(), &config).await.unwrap();
     Fixture {
         _dir: dir,
         data,

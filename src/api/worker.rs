@@ -1,0 +1,228 @@
+//! The worker contract over HTTP (`../shared/spec/worker-contract.md`): leases, the legacy task
+//! list, frames with tickets, ingest, and the 404s that tell upstream workers a feature is absent.
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{Principal, Role};
+use super::{ApiError, AppState};
+use crate::config::model::StreamProfile;
+use crate::perception::{
+    IngestAnswer, IngestBody, LeaseAnswer, LeaseBody, PerceptionError, WorkerTask,
+};
+use crate::store::StoreError;
+
+/// Largest ingest body.
+pub const MAX_INGEST_BODY: usize = 8 << 20;
+
+impl From<PerceptionError> for ApiError {
+    fn from(e: PerceptionError) -> Self {
+        let status = match &e {
+            PerceptionError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            PerceptionError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            PerceptionError::Forbidden(_) => StatusCode::FORBIDDEN,
+            PerceptionError::NotFound(_) => StatusCode::NOT_FOUND,
+            PerceptionError::Conflict(_) => StatusCode::CONFLICT,
+            PerceptionError::Store(s) => return s.clone().into(),
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+const WORKER: &[Role] = &[Role::Worker];
+
+/// Parses a JSON body with errors that name the field, as a 400 (not axum's 422).
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {} MiB", MAX_INGEST_BODY >> 20),
+            )
+        } else {
+            ApiError::new(e.status(), e.body_text())
+        }
+    })?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if path == "." {
+            format!("body is not valid JSON: {inner}")
+        } else {
+            format!("{path}: {inner}")
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    })
+}
+
+pub(super) async fn lease(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<LeaseAnswer>, ApiError> {
+    who.require(WORKER)?;
+    let body: LeaseBody = json_body(body)?;
+    Ok(Json(state.perception.lease(&who, body).await?))
+}
+
+pub(super) async fn release(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(lease_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(WORKER)?;
+    let released = state.perception.release(&who, &lease_id).await?;
+    Ok(Json(serde_json::json!({ "released": released })))
+}
+
+pub(super) async fn tasks(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<WorkerTask>>, ApiError> {
+    who.require(WORKER)?;
+    Ok(Json(state.perception.tasks().await?))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct FrameQuery {
+    profile: Option<String>,
+    task: Option<String>,
+}
+
+pub(super) async fn frame(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(camera): Path<String>,
+    Query(q): Query<FrameQuery>,
+) -> Result<Response, ApiError> {
+    who.require(&[Role::Worker, Role::Viewer, Role::Operator])?;
+    if camera.is_empty() || camera.contains(['/', '\\']) || camera.contains("..") {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid camera id"));
+    }
+    let profile = match q.profile.as_deref() {
+        None | Some("sub") => StreamProfile::Sub,
+        Some("main") => StreamProfile::Main,
+        Some(other) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("profile {other:?} must be sub or main"),
+            ));
+        }
+    };
+    let served = state
+        .perception
+        .frame(&who, &camera, profile, q.task.as_deref())
+        .await?;
+    let captured = DateTime::<Utc>::from_timestamp_millis(served.captured_ms).unwrap_or_default();
+    let age_ms = (Utc::now().timestamp_millis() - served.captured_ms).max(0);
+    let mut response = (StatusCode::OK, served.jpeg.as_ref().clone()).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let stamp = captured.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    if let Ok(v) = HeaderValue::from_str(&stamp) {
+        h.insert("x-frame-captured-at", v);
+    }
+    h.insert("x-frame-age-ms", HeaderValue::from(age_ms));
+    if let Some(ticket) = served.ticket.and_then(|t| HeaderValue::from_str(&t).ok()) {
+        h.insert("x-frame-ticket", ticket);
+    }
+    Ok(response)
+}
+
+pub(super) async fn ingest(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<IngestAnswer>, ApiError> {
+    who.require(WORKER)?;
+    let body: IngestBody = json_body(body)?;
+    Ok(Json(state.perception.ingest(&who, body).await?))
+}
+
+/// Embeddings are not offered: a 404 tells upstream workers to stop asking.
+pub(super) async fn not_offered() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not offered by this box")
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct DetectionQuery {
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    label: Option<String>,
+    limit: Option<u32>,
+}
+
+/// A stored detection.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DetectionRow {
+    pub id: i64,
+    pub camera_id: String,
+    pub task_type: String,
+    pub frame_id: Option<String>,
+    pub timestamp: DateTime<Utc>,
+    pub label: Option<String>,
+    pub confidence: Option<f64>,
+    pub bbox: Option<serde_json::Value>,
+    pub track_id: Option<String>,
+    pub attributes: serde_json::Value,
+}
+
+pub(super) async fn detections(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(camera): Path<String>,
+    Query(q): Query<DetectionQuery>,
+) -> Result<Json<Vec<DetectionRow>>, ApiError> {
+    who.require(&[Role::Viewer, Role::Operator])?;
+    let from = q.from.map(|t| t.timestamp_millis()).unwrap_or(i64::MIN);
+    let to = q.to.map(|t| t.timestamp_millis()).unwrap_or(i64::MAX);
+    let limit = q.limit.unwrap_or(200).clamp(1, 5000);
+    let rows = state
+        .store
+        .read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT d.id, d.camera_id, b.task_type, b.frame_id, d.ts_ms, d.label, d.confidence, d.bbox, d.track_id, d.attributes
+                 FROM detections d JOIN detection_batches b ON b.id = d.batch_id
+                 WHERE d.camera_id = ?1 AND d.ts_ms >= ?2 AND d.ts_ms <= ?3 AND (?4 IS NULL OR d.label = ?4)
+                 ORDER BY d.ts_ms DESC, d.id DESC LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![camera, from, to, q.label, limit], |r| {
+                let bbox: Option<String> = r.get(7)?;
+                let attributes: String = r.get(9)?;
+                Ok(DetectionRow {
+                    id: r.get(0)?,
+                    camera_id: r.get(1)?,
+                    task_type: r.get(2)?,
+                    frame_id: r.get(3)?,
+                    timestamp: DateTime::from_timestamp_millis(r.get(4)?).unwrap_or_default(),
+                    label: r.get(5)?,
+                    confidence: r.get(6)?,
+                    bbox: bbox.and_then(|b| serde_json::from_str(&b).ok()),
+                    track_id: r.get(8)?,
+                    attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                })
+            })?;
+            Ok::<_, StoreError>(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?;
+    Ok(Json(rows))
+}
+
+pub(super) async fn samplers(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<crate::perception::sampler::SamplerStatus>>, ApiError> {
+    who.require(&[Role::Worker, Role::Viewer, Role::Operator])?;
+    Ok(Json(state.perception.samplers.status()))
+}

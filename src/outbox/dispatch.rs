@@ -1,0 +1,315 @@
+//! Dispatchers: one task per consumer, reading after its cursor, in order, in batches.
+//!
+//! A failing consumer is retried with backoff (1 s → 30 s) by its own task, so it never holds up
+//! another. Failure policy for a local consumer: a batch that fails is retried one record at a
+//! time; a record that fails [`POISON_ATTEMPTS`] times in a row is skipped with an error log and a
+//! `consumer_skipped` counter, because one malformed record must not stop a consumer for ever.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{Outbox, Record, count, cursor, read_after, set_cursor};
+use crate::store::StoreError;
+
+const BATCH: u32 = 256;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A record failing this many times in a row is skipped.
+const POISON_ATTEMPTS: u32 = 10;
+/// Even without a wake-up, dispatchers look for records this often.
+const POLL: Duration = Duration::from_secs(1);
+
+/// A consumer whose effect lives in this database (zone engine, serial rules).
+pub trait LocalConsumer: Send + Sync + 'static {
+    /// Stable name: the key of its cursor.
+    fn name(&self) -> &str;
+
+    /// Applies the effect of `records` (in `seq` order) on the writer's transaction; the same
+    /// transaction then advances the cursor (invariant O2). Runs on the writer thread: no I/O
+    /// but SQLite, and quick.
+    fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), String>;
+
+    /// Called after the transaction that applied records committed (e.g. to notify others).
+    fn committed(&self) {}
+}
+
+/// The consumer's side of an external dispatcher (MQTT uplink, a test receiver).
+pub struct ExternalEnd {
+    /// Records to deliver, in order; each comes with the generation it belongs to.
+    pub records: mpsc::Receiver<(u64, Record)>,
+    pub acker: Acker,
+}
+
+/// Acknowledges delivered records and asks for redelivery.
+#[derive(Clone)]
+pub struct Acker {
+    acks: mpsc::UnboundedSender<i64>,
+    generation: Arc<watch::Sender<u64>>,
+}
+
+impl Acker {
+    /// Record `seq` is delivered for good (e.g. PUBACK received).
+    pub fn ack(&self, seq: i64) {
+        let _ = self.acks.send(seq);
+    }
+
+    /// Everything not yet acknowledged must be delivered again (the link was lost with its
+    /// session). Returns the new generation: records of older generations still queued are stale
+    /// and must be dropped by the consumer, so redelivery stays in order.
+    pub fn restart(&self) -> u64 {
+        let mut generation = 0;
+        self.generation.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        generation
+    }
+
+    pub fn generation(&self) -> u64 {
+        *self.generation.borrow()
+    }
+}
+
+impl Outbox {
+    /// Runs a local consumer until `shutdown`.
+    pub async fn run_local(&self, consumer: Arc<dyn LocalConsumer>, shutdown: CancellationToken) {
+        let name = consumer.name().to_string();
+        self.register(&name);
+        let mut wake = self.head.subscribe();
+        let mut backoff = BACKOFF_MIN;
+        let mut failures: HashMap<i64, u32> = HashMap::new();
+        // After a failed batch, records go one at a time up to the end of that batch, so the
+        // bad record is found and the good ones around it still apply.
+        let mut careful_until: Option<i64> = None;
+        loop {
+            let start = match self.load_cursor(&name).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(consumer = %name, error = %e, "cannot read consumer cursor");
+                    if sleep_or_stop(&shutdown, backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let one_at_a_time = careful_until.is_some_and(|until| start < until);
+            let limit = if one_at_a_time { 1 } else { BATCH };
+            let records = match self
+                .store
+                .read(move |c| Ok::<_, StoreError>(read_after(c, start, None, limit)?))
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(consumer = %name, error = %e, "cannot read the outbox");
+                    if sleep_or_stop(&shutdown, backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            };
+            let Some(last) = records.last().map(|r| r.seq) else {
+                careful_until = None;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = wake.changed() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+                continue;
+            };
+            let applier = consumer.clone();
+            let cursor_name = name.clone();
+            let result = self
+                .store
+                .write(move |c| {
+                    applier.apply(c, &records).map_err(ApplyError::Consumer)?;
+                    set_cursor(c, &cursor_name, last).map_err(|e| ApplyError::Store(e.into()))?;
+                    Ok::<_, ApplyError>(())
+                })
+                .await;
+            match result {
+                Ok(()) => {
+                    consumer.committed();
+                    backoff = BACKOFF_MIN;
+                    failures.remove(&last);
+                }
+                Err(e) => {
+                    let n = failures.entry(last).or_default();
+                    *n += 1;
+                    tracing::warn!(consumer = %name, seq = last, attempt = *n, error = %e, "consumer failed; retrying");
+                    if one_at_a_time && *n >= POISON_ATTEMPTS {
+                        tracing::error!(consumer = %name, seq = last, error = %e, "skipping a record the consumer keeps failing on");
+                        let skip_name = name.clone();
+                        let skipped = self
+                            .store
+                            .write(move |c| {
+                                set_cursor(c, &skip_name, last)?;
+                                count(c, &format!("consumer_skipped:{skip_name}"), 1)?;
+                                Ok::<_, StoreError>(())
+                            })
+                            .await;
+                        if skipped.is_ok() {
+                            failures.remove(&last);
+                            continue;
+                        }
+                    }
+                    if !one_at_a_time {
+                        careful_until = Some(last);
+                    }
+                    if sleep_or_stop(&shutdown, backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Starts an external consumer's dispatcher with `window` records in flight; the consumer
+    /// reads from the returned end and acknowledges through its [`Acker`].
+    pub fn external(&self, name: &str, window: usize, shutdown: CancellationToken) -> ExternalEnd {
+        self.register(name);
+        let (records_tx, records) = mpsc::channel(window.max(1));
+        let (acks_tx, acks_rx) = mpsc::unbounded_channel();
+        let generation = Arc::new(watch::channel(0).0);
+        let acker = Acker {
+            acks: acks_tx,
+            generation: generation.clone(),
+        };
+        let outbox = self.clone();
+        let name = name.to_string();
+        tokio::spawn(async move {
+            outbox
+                .run_external(
+                    name,
+                    window.max(1),
+                    records_tx,
+                    acks_rx,
+                    generation.subscribe(),
+                    shutdown,
+                )
+                .await;
+        });
+        ExternalEnd { records, acker }
+    }
+
+    async fn run_external(
+        &self,
+        name: String,
+        window: usize,
+        out: mpsc::Sender<(u64, Record)>,
+        mut acks: mpsc::UnboundedReceiver<i64>,
+        mut generation: watch::Receiver<u64>,
+        shutdown: CancellationToken,
+    ) {
+        let mut wake = self.head.subscribe();
+        let mut cursor = loop {
+            match self.load_cursor(&name).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(consumer = %name, error = %e, "cannot read consumer cursor");
+                    if sleep_or_stop(&shutdown, BACKOFF_MIN).await {
+                        return;
+                    }
+                }
+            }
+        };
+        // Sent and not yet part of the acknowledged prefix, in order.
+        let mut in_flight: VecDeque<i64> = VecDeque::new();
+        let mut acked: HashSet<i64> = HashSet::new();
+        let mut next_after = cursor;
+        let mut current_generation = *generation.borrow();
+        let mut persisted = cursor;
+        loop {
+            // Fill the window.
+            if in_flight.len() < window {
+                let room = (window - in_flight.len()) as u32;
+                let after = next_after;
+                match self
+                    .store
+                    .read(move |c| Ok::<_, StoreError>(read_after(c, after, None, room)?))
+                    .await
+                {
+                    Ok(records) => {
+                        for r in records {
+                            next_after = r.seq;
+                            in_flight.push_back(r.seq);
+                            tokio::select! {
+                                _ = shutdown.cancelled() => return,
+                                sent = out.send((current_generation, r)) => if sent.is_err() { return },
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(consumer = %name, error = %e, "cannot read the outbox")
+                    }
+                }
+            }
+            if persisted != cursor {
+                let (n, c) = (name.clone(), cursor);
+                if self
+                    .store
+                    .write(move |conn| Ok::<_, StoreError>(set_cursor(conn, &n, c)?))
+                    .await
+                    .is_ok()
+                {
+                    persisted = cursor;
+                }
+            }
+            let full = in_flight.len() >= window;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                ack = acks.recv() => {
+                    let Some(seq) = ack else { return };
+                    acked.insert(seq);
+                    while let Some(front) = in_flight.front().copied() {
+                        if !acked.remove(&front) {
+                            break;
+                        }
+                        in_flight.pop_front();
+                        cursor = front;
+                    }
+                }
+                changed = generation.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    current_generation = *generation.borrow();
+                    in_flight.clear();
+                    acked.clear();
+                    next_after = cursor;
+                }
+                _ = wake.changed(), if !full => {}
+                _ = tokio::time::sleep(POLL), if !full => {}
+            }
+        }
+    }
+
+    async fn load_cursor(&self, name: &str) -> Result<i64, StoreError> {
+        let name = name.to_string();
+        self.store
+            .read(move |c| Ok::<_, StoreError>(cursor(c, &name)?.unwrap_or(0)))
+            .await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error("{0}")]
+    Consumer(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Sleeps unless `shutdown` comes first; returns whether to stop.
+async fn sleep_or_stop(shutdown: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}

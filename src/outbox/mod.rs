@@ -1,0 +1,289 @@
+//! The outbox: an append-only log of everything consumers must see, with a durable cursor per
+//! consumer.
+//!
+//! Owns: the `outbox`, `consumer_cursors` and `counters` tables, the dispatchers that feed
+//! consumers, and compaction.
+//!
+//! Invariants (DESIGN §4):
+//! - **O1** records are read in `seq` order; each consumer has a durable cursor (the last `seq`
+//!   it finished) and sees every record after it, in order, until it succeeds.
+//! - **O2** a [`LocalConsumer`] applies its effect and advances its cursor in the same
+//!   transaction: a crash neither loses nor repeats an effect.
+//! - **O3** an external consumer acknowledges asynchronously; its cursor advances only over the
+//!   contiguous acknowledged prefix (at-least-once; records carry `seq` and a stable `id`).
+//! - **O4** compaction deletes below the lowest cursor; past the bounds the oldest records are
+//!   dropped, counted, and announced by a `system` record — never silently, never by blocking
+//!   the producers.
+//!
+//! Rule for producers: append with [`append`] inside the store transaction that holds the fact
+//! the record reports (a detection batch, a zone event), then call [`Outbox::appended`] after the
+//! commit so dispatchers wake. A record is therefore durable exactly when its fact is.
+
+mod compaction;
+mod dispatch;
+
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use dispatch::{Acker, ExternalEnd, LocalConsumer};
+
+use crate::config::model::OutboxConfig;
+use crate::store::{Store, StoreError};
+
+/// The kinds of record, as MQTT topics name them (`<dev>/events/<kind>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Detection,
+    Zone,
+    Alarm,
+    Camera,
+    System,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Detection => "detection",
+            Kind::Zone => "zone",
+            Kind::Alarm => "alarm",
+            Kind::Camera => "camera",
+            Kind::System => "system",
+        }
+    }
+}
+
+/// A record to append.
+#[derive(Clone, Debug)]
+pub struct NewRecord {
+    pub kind: Kind,
+    /// What happened within the kind (`detections`, `gap`, `enter`, `outbox_dropped`, ...).
+    pub r#type: String,
+    pub camera_id: Option<String>,
+    /// When it happened, Unix ms.
+    pub ts_ms: i64,
+    pub payload: serde_json::Value,
+}
+
+/// A record as stored and delivered.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub seq: i64,
+    /// Stable across redelivery: receivers deduplicate on it.
+    pub id: String,
+    pub kind: String,
+    pub r#type: String,
+    pub camera_id: Option<String>,
+    pub ts_ms: i64,
+    pub payload: serde_json::Value,
+}
+
+/// Appends a record inside the caller's transaction and returns its `seq`.
+pub fn append(c: &Connection, rec: &NewRecord) -> rusqlite::Result<i64> {
+    let id: String = c.query_row("SELECT lower(hex(randomblob(16)))", [], |r| r.get(0))?;
+    c.execute(
+        "INSERT INTO outbox (event_id, kind, type, camera_id, ts_ms, payload, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            id,
+            rec.kind.as_str(),
+            rec.r#type,
+            rec.camera_id,
+            rec.ts_ms,
+            rec.payload.to_string(),
+            chrono::Utc::now().timestamp_millis()
+        ],
+    )?;
+    Ok(c.last_insert_rowid())
+}
+
+const COLUMNS: &str = "seq, event_id, kind, type, camera_id, ts_ms, payload";
+
+fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let payload: String = r.get(6)?;
+    Ok(Record {
+        seq: r.get(0)?,
+        id: r.get(1)?,
+        kind: r.get(2)?,
+        r#type: r.get(3)?,
+        camera_id: r.get(4)?,
+        ts_ms: r.get(5)?,
+        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+/// Records after `after_seq`, oldest first, optionally of one kind.
+pub fn read_after(
+    c: &Connection,
+    after_seq: i64,
+    kind: Option<&str>,
+    limit: u32,
+) -> rusqlite::Result<Vec<Record>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM outbox WHERE seq > ?1 AND (?2 IS NULL OR kind = ?2) ORDER BY seq LIMIT ?3"
+    ))?;
+    stmt.query_map(params![after_seq, kind, limit], record_from_row)?
+        .collect()
+}
+
+/// The newest `limit` records, oldest of them first (for `heldar events tail`).
+pub fn latest(c: &Connection, kind: Option<&str>, limit: u32) -> rusqlite::Result<Vec<Record>> {
+    let mut stmt = c.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM outbox WHERE (?1 IS NULL OR kind = ?1) ORDER BY seq DESC LIMIT ?2"
+    ))?;
+    let mut records: Vec<Record> = stmt
+        .query_map(params![kind, limit], record_from_row)?
+        .collect::<Result<_, _>>()?;
+    records.reverse();
+    Ok(records)
+}
+
+pub(crate) fn cursor(c: &Connection, consumer: &str) -> rusqlite::Result<Option<i64>> {
+    c.query_row(
+        "SELECT seq FROM consumer_cursors WHERE consumer = ?1",
+        [consumer],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+pub(crate) fn set_cursor(c: &Connection, consumer: &str, seq: i64) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO consumer_cursors (consumer, seq, updated_at_ms) VALUES (?1, ?2, ?3)
+         ON CONFLICT (consumer) DO UPDATE SET seq = MAX(seq, ?2), updated_at_ms = ?3",
+        params![consumer, seq, chrono::Utc::now().timestamp_millis()],
+    )?;
+    Ok(())
+}
+
+/// Adds to a persistent counter.
+pub(crate) fn count(c: &Connection, name: &str, by: i64) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO counters (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = value + ?2",
+        params![name, by],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn counter(c: &Connection, name: &str) -> rusqlite::Result<i64> {
+    Ok(
+        c.query_row("SELECT value FROM counters WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?
+        .unwrap_or(0),
+    )
+}
+
+/// How far one consumer is behind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConsumerLag {
+    pub consumer: String,
+    pub cursor: i64,
+    pub backlog: u64,
+    /// Age of the oldest record this consumer has not finished, in seconds.
+    pub oldest_age_s: Option<f64>,
+}
+
+/// What `heldar outbox status` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxStatus {
+    pub records: u64,
+    pub bytes: u64,
+    pub newest_seq: i64,
+    pub oldest_age_s: Option<f64>,
+    /// Records dropped by the bounds before every consumer had them, since the box was set up.
+    pub dropped: u64,
+    pub consumers: Vec<ConsumerLag>,
+}
+
+/// The outbox service; cheap to clone.
+#[derive(Clone)]
+pub struct Outbox {
+    store: Store,
+    config: OutboxConfig,
+    /// Bumped after every commit that appended; dispatchers wait on it.
+    head: Arc<watch::Sender<u64>>,
+    /// Names of the consumers running in this daemon; only their cursors hold compaction back.
+    consumers: Arc<Mutex<Vec<String>>>,
+}
+
+impl Outbox {
+    pub fn new(store: Store, config: OutboxConfig) -> Outbox {
+        Outbox {
+            store,
+            config,
+            head: Arc::new(watch::channel(0).0),
+            consumers: Arc::default(),
+        }
+    }
+
+    /// Wakes the dispatchers; call after a commit that appended records.
+    pub fn appended(&self) {
+        self.head.send_modify(|v| *v += 1);
+    }
+
+    /// Appends one record in a transaction of its own.
+    pub async fn publish(&self, rec: NewRecord) -> Result<i64, StoreError> {
+        let seq = self
+            .store
+            .write(move |c| Ok::<_, StoreError>(append(c, &rec)?))
+            .await?;
+        self.appended();
+        Ok(seq)
+    }
+
+    fn register(&self, name: &str) {
+        let mut names = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+
+    fn registered(&self) -> Vec<String> {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub async fn status(&self) -> Result<OutboxStatus, StoreError> {
+        let names = self.registered();
+        self.store
+            .read(move |c| {
+                let now = chrono::Utc::now().timestamp_millis();
+                let (records, bytes, newest, oldest): (i64, i64, Option<i64>, Option<i64>) = c.query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0), MAX(seq), MIN(created_at_ms) FROM outbox",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
+                let mut consumers = Vec::new();
+                for name in names {
+                    let cursor = cursor(c, &name)?.unwrap_or(0);
+                    let (backlog, oldest_unfinished): (i64, Option<i64>) = c.query_row(
+                        "SELECT COUNT(*), MIN(created_at_ms) FROM outbox WHERE seq > ?1",
+                        [cursor],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )?;
+                    consumers.push(ConsumerLag {
+                        consumer: name,
+                        cursor,
+                        backlog: backlog as u64,
+                        oldest_age_s: oldest_unfinished.map(|t| (now - t) as f64 / 1000.0),
+                    });
+                }
+                Ok::<_, StoreError>(OutboxStatus {
+                    records: records as u64,
+                    bytes: bytes as u64,
+                    newest_seq: newest.unwrap_or(0),
+                    oldest_age_s: oldest.map(|t| (now - t) as f64 / 1000.0),
+                    dropped: counter(c, compaction::DROPPED)? as u64,
+                    consumers,
+                })
+            })
+            .await
+    }
+}

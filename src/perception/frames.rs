@@ -1,0 +1,116 @@
+//! The latest sampled frame of each (camera, profile), held in memory with its capture time.
+//!
+//! No frame is written to disk (flash wear). A frame is kept as RGB; its JPEG is encoded the first
+//! time someone asks for it, at most once however many workers read it, and never for frames
+//! nobody reads.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use super::CameraStream;
+use crate::config::model::StreamProfile;
+
+/// JPEG quality of served frames: what detectors see, so detail matters more than bytes.
+const JPEG_QUALITY: u8 = 85;
+
+/// One decoded frame.
+pub struct Frame {
+    pub rgb: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    /// Wall clock of the frame at the camera (its RTP time mapped to our clock), Unix ms.
+    pub captured_ms: i64,
+    jpeg: OnceLock<Result<Arc<Vec<u8>>, String>>,
+}
+
+impl Frame {
+    pub fn new(rgb: Vec<u8>, width: u32, height: u32, captured_ms: i64) -> Frame {
+        Frame {
+            rgb,
+            width,
+            height,
+            captured_ms,
+            jpeg: OnceLock::new(),
+        }
+    }
+}
+
+/// Latest frames of every sampler; cheap to clone.
+#[derive(Clone, Default)]
+pub struct FrameStore {
+    frames: Arc<RwLock<HashMap<CameraStream, Arc<Frame>>>>,
+    encodes: Arc<AtomicU64>,
+}
+
+impl FrameStore {
+    pub fn publish(&self, camera_id: &str, profile: StreamProfile, frame: Frame) {
+        self.lock_write()
+            .insert((camera_id.to_string(), profile), Arc::new(frame));
+    }
+
+    pub fn latest(&self, camera_id: &str, profile: StreamProfile) -> Option<Arc<Frame>> {
+        self.frames
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(camera_id.to_string(), profile))
+            .cloned()
+    }
+
+    /// Forgets a sampler's frame (its sampler stopped): a stale frame must not be served.
+    pub fn remove(&self, camera_id: &str, profile: StreamProfile) {
+        self.lock_write().remove(&(camera_id.to_string(), profile));
+    }
+
+    /// The frame as JPEG, encoded now if nobody asked before. Blocking: CPU work.
+    pub fn jpeg(&self, frame: &Frame) -> Result<Arc<Vec<u8>>, String> {
+        frame
+            .jpeg
+            .get_or_init(|| {
+                self.encodes.fetch_add(1, Ordering::Relaxed);
+                let mut out = Vec::with_capacity(frame.rgb.len() / 8);
+                let (w, h) = (
+                    u16::try_from(frame.width).map_err(|_| "frame too wide")?,
+                    u16::try_from(frame.height).map_err(|_| "frame too tall")?,
+                );
+                jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY)
+                    .encode(&frame.rgb, w, h, jpeg_encoder::ColorType::Rgb)
+                    .map_err(|e| format!("JPEG encoding failed: {e}"))?;
+                Ok(Arc::new(out))
+            })
+            .clone()
+    }
+
+    /// JPEG encodings so far, for the metric that proves "once per frame".
+    pub fn encodes(&self) -> u64 {
+        self.encodes.load(Ordering::Relaxed)
+    }
+
+    fn lock_write(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, HashMap<CameraStream, Arc<Frame>>> {
+        self.frames.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_frame_is_encoded_once_however_often_it_is_read() {
+        let store = FrameStore::default();
+        store.publish(
+            "gate",
+            StreamProfile::Sub,
+            Frame::new(vec![128; 64 * 48 * 3], 64, 48, 1),
+        );
+        let frame = store.latest("gate", StreamProfile::Sub).unwrap();
+        let a = store.jpeg(&frame).unwrap();
+        let b = store.jpeg(&frame).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(&a[..2], &[0xFF, 0xD8]);
+        assert_eq!(store.encodes(), 1);
+        assert!(store.latest("gate", StreamProfile::Main).is_none());
+    }
+}

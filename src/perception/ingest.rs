@@ -1,0 +1,378 @@
+//! `POST /api/v1/ai/events`: a worker's batch of detections, stored durably before the answer.
+//!
+//! Invariant S2: the answer is 2xx only after the batch's detections and its outbox record are
+//! committed, in one transaction through the group-commit writer; a batch is all or nothing; a
+//! repeat of a stored `(camera, frame_id)` is a successful no-op. Provenance is the server's: it
+//! writes `attributes.source = "worker"` and `attributes._prov` (credential, task, worker) into every
+//! detection and discards whatever the client sent under those keys.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use super::{Perception, PerceptionError, leases, tickets};
+use crate::api::auth::Principal;
+use crate::config::is_task_type;
+use crate::outbox::{self, Kind, NewRecord};
+use crate::store::StoreError;
+
+/// Most detections one batch may carry.
+pub const MAX_DETECTIONS: usize = 1000;
+/// Event type prefixes only the box itself may use.
+const RESERVED_PREFIXES: [&str; 7] = [
+    "gate_", "entry_", "zone_", "camera_", "disk_", "raid_", "alarm_",
+];
+
+/// The request body, as workers of the upstream kernel send it.
+#[derive(Debug, Default, Deserialize)]
+pub struct IngestBody {
+    #[serde(default)]
+    pub camera_id: String,
+    #[serde(default)]
+    pub task_type: String,
+    pub timestamp: Option<String>,
+    pub frame_id: Option<String>,
+    pub frame_ticket: Option<String>,
+    #[serde(default)]
+    pub detections: Vec<DetectionIn>,
+    pub event: Option<EventIn>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DetectionIn {
+    pub label: Option<String>,
+    pub confidence: Option<f64>,
+    pub bbox: Option<Vec<f64>>,
+    /// A string; numbers are accepted and kept as their decimal text.
+    pub track_id: Option<Value>,
+    pub attributes: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EventIn {
+    pub event_type: String,
+    pub severity: Option<String>,
+    pub payload: Option<Value>,
+}
+
+/// The answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IngestAnswer {
+    pub detections_ingested: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+    pub ticketed: bool,
+}
+
+/// What the batch is about, decided by the ticket when there is one, else by the body.
+struct Binding {
+    camera_id: String,
+    task_type: String,
+    frame_id: Option<String>,
+    task_id: Option<String>,
+    worker_id: Option<String>,
+    ticketed: bool,
+}
+
+fn bad(msg: impl Into<String>) -> PerceptionError {
+    PerceptionError::BadRequest(msg.into())
+}
+
+impl Perception {
+    pub async fn ingest(
+        &self,
+        principal: &Principal,
+        body: IngestBody,
+    ) -> Result<IngestAnswer, PerceptionError> {
+        let binding = self.bind(principal, &body).await?;
+        if self.registry.camera(&binding.camera_id).await?.is_none() {
+            return Err(PerceptionError::NotFound(format!(
+                "camera {:?} not found",
+                binding.camera_id
+            )));
+        }
+        if binding.task_type.trim().is_empty() {
+            return Err(bad("task_type must not be blank"));
+        }
+        if body.detections.len() > MAX_DETECTIONS {
+            return Err(bad(format!(
+                "too many detections: {} (at most {MAX_DETECTIONS} per batch)",
+                body.detections.len()
+            )));
+        }
+        let ts_ms = match &body.timestamp {
+            None => chrono::Utc::now().timestamp_millis(),
+            Some(t) => chrono::DateTime::parse_from_rfc3339(t)
+                .map_err(|_| {
+                    bad(format!(
+                        "invalid timestamp {t:?}: use RFC 3339, such as 2026-11-28T08:15:31.120Z"
+                    ))
+                })?
+                .timestamp_millis(),
+        };
+        let provenance = json!({
+            "credential": principal.credential,
+            "task": binding.task_id,
+            "worker": binding.worker_id,
+        });
+        let detections = body
+            .detections
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| clean_detection(i, d, &provenance))
+            .collect::<Result<Vec<_>, _>>()?;
+        let event = body.event.map(clean_event).transpose()?;
+
+        let ticketed = binding.ticketed;
+        let credential = principal.credential.clone();
+        let n = detections.len();
+        let stored = self
+            .store
+            .write(move |c| {
+                store_batch(c, &binding, &credential, ts_ms, &detections, event.as_ref())
+            })
+            .await?;
+        if stored {
+            self.outbox.appended();
+            Ok(IngestAnswer {
+                detections_ingested: n,
+                duplicate: None,
+                ticketed,
+            })
+        } else {
+            Ok(IngestAnswer {
+                detections_ingested: 0,
+                duplicate: Some(true),
+                ticketed,
+            })
+        }
+    }
+
+    async fn bind(
+        &self,
+        principal: &Principal,
+        body: &IngestBody,
+    ) -> Result<Binding, PerceptionError> {
+        let ticket = body
+            .frame_ticket
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty());
+        let Some(ticket) = ticket else {
+            if self.require_tickets {
+                return Err(PerceptionError::Unauthorized(
+                    "frame_ticket_required: this box accepts only batches carrying the frame_ticket of a leased frame".into(),
+                ));
+            }
+            return Ok(Binding {
+                camera_id: body.camera_id.clone(),
+                task_type: body.task_type.clone(),
+                frame_id: body.frame_id.clone().filter(|f| !f.is_empty()),
+                task_id: None,
+                worker_id: None,
+                ticketed: false,
+            });
+        };
+        let claims = tickets::parse(ticket)
+            .ok_or_else(|| PerceptionError::Unauthorized("frame_ticket is malformed".into()))?;
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let (task_id, credential) = (claims.task_id.clone(), principal.credential.clone());
+        let lease = self
+            .store
+            .read(move |c| {
+                Ok::<_, StoreError>(leases::live_lease(c, &task_id, &credential, now_ms)?)
+            })
+            .await?
+            .ok_or_else(|| {
+                PerceptionError::Unauthorized(
+                    "frame_ticket names a task this credential holds no live lease on".into(),
+                )
+            })?;
+        let task = self
+            .registry
+            .tasks()
+            .await?
+            .into_iter()
+            .find(|t| t.id == claims.task_id)
+            .ok_or_else(|| {
+                PerceptionError::Unauthorized(
+                    "frame_ticket names a task that no longer exists".into(),
+                )
+            })?;
+        if !self.tickets.verify(
+            &claims,
+            &principal.credential,
+            &task.camera_id,
+            now_ms / 1000,
+        ) {
+            return Err(PerceptionError::Unauthorized(
+                "frame_ticket is invalid or expired".into(),
+            ));
+        }
+        let camera = self.registry.camera(&task.camera_id).await?;
+        if !task.enabled || !camera.is_some_and(|c| c.enabled && c.detect) {
+            return Err(PerceptionError::Forbidden(
+                "the leased task or its camera is disabled".into(),
+            ));
+        }
+        if !body.camera_id.is_empty() && body.camera_id != task.camera_id {
+            return Err(PerceptionError::Conflict(format!(
+                "camera_id {:?} disagrees with the frame_ticket (camera {:?})",
+                body.camera_id, task.camera_id
+            )));
+        }
+        if !body.task_type.is_empty() && body.task_type != task.task_type {
+            return Err(PerceptionError::Conflict(format!(
+                "task_type {:?} disagrees with the frame_ticket (task type {:?})",
+                body.task_type, task.task_type
+            )));
+        }
+        Ok(Binding {
+            frame_id: Some(format!("{}:{}", task.id, claims.captured_ms)),
+            camera_id: task.camera_id,
+            task_type: task.task_type,
+            task_id: Some(task.id),
+            worker_id: Some(lease.worker_id),
+            ticketed: true,
+        })
+    }
+}
+
+/// Validates one detection and writes the server's provenance into its attributes.
+fn clean_detection(i: usize, d: DetectionIn, provenance: &Value) -> Result<Value, PerceptionError> {
+    if let Some(c) = d.confidence
+        && !(c.is_finite() && (0.0..=1.0).contains(&c))
+    {
+        return Err(bad(format!(
+            "detections[{i}].confidence: must be within 0..1, got {c}"
+        )));
+    }
+    if let Some(b) = &d.bbox
+        && (b.len() != 4
+            || b.iter()
+                .any(|v| !(v.is_finite() && (0.0..=1.0).contains(v))))
+    {
+        return Err(bad(format!(
+            "detections[{i}].bbox: must be [x, y, w, h] with each value within 0..1, got {b:?}"
+        )));
+    }
+    let track_id = match d.track_id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(other) => {
+            return Err(bad(format!(
+                "detections[{i}].track_id: must be a string, got {other}"
+            )));
+        }
+    };
+    let mut attributes = match d.attributes {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(other) => Map::from_iter([("_client".to_string(), other)]),
+    };
+    attributes.insert("source".into(), "worker".into());
+    attributes.insert("_prov".into(), provenance.clone());
+    Ok(json!({
+        "label": d.label,
+        "confidence": d.confidence,
+        "bbox": d.bbox,
+        "track_id": track_id,
+        "attributes": attributes,
+    }))
+}
+
+/// Checks a worker's event: its type is the worker's own, its severity at most `warning`.
+fn clean_event(e: EventIn) -> Result<Value, PerceptionError> {
+    let valid = !e.event_type.is_empty() && e.event_type.len() <= 64 && is_task_type(&e.event_type);
+    if !valid {
+        return Err(bad(format!(
+            "event.event_type {:?} must match ^[a-z0-9_]{{1,64}}$",
+            e.event_type
+        )));
+    }
+    if let Some(prefix) = RESERVED_PREFIXES
+        .iter()
+        .find(|p| e.event_type.starts_with(*p))
+    {
+        return Err(bad(format!(
+            "event.event_type {:?}: the prefix {prefix:?} is reserved for the box",
+            e.event_type
+        )));
+    }
+    let severity = match e.severity.as_deref() {
+        None | Some("info") => "info",
+        _ => "warning",
+    };
+    Ok(
+        json!({ "event_type": e.event_type, "severity": severity, "payload": e.payload.unwrap_or_else(|| json!({})) }),
+    )
+}
+
+/// The one transaction of a batch: dedup check, outbox record, batch row, detections. Returns
+/// whether anything was stored (false: a duplicate).
+fn store_batch(
+    c: &Connection,
+    b: &Binding,
+    credential: &str,
+    ts_ms: i64,
+    detections: &[Value],
+    event: Option<&Value>,
+) -> Result<bool, StoreError> {
+    if let Some(frame_id) = &b.frame_id {
+        let seen: Option<i64> = c
+            .query_row(
+                "SELECT id FROM detection_batches WHERE camera_id = ?1 AND frame_id = ?2",
+                params![b.camera_id, frame_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if seen.is_some() {
+            return Ok(false);
+        }
+    }
+    let mut payload = json!({
+        "frame_id": b.frame_id,
+        "task_type": b.task_type,
+        "task_id": b.task_id,
+        "worker_id": b.worker_id,
+        "ticketed": b.ticketed,
+        "detections": detections,
+    });
+    if let Some(e) = event {
+        payload["event"] = e.clone();
+    }
+    let seq = outbox::append(
+        c,
+        &NewRecord {
+            kind: Kind::Detection,
+            r#type: "detections".into(),
+            camera_id: Some(b.camera_id.clone()),
+            ts_ms,
+            payload,
+        },
+    )?;
+    c.execute(
+        "INSERT INTO detection_batches (camera_id, frame_id, task_type, task_id, credential, worker_id, ts_ms, ticketed, outbox_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![b.camera_id, b.frame_id, b.task_type, b.task_id, credential, b.worker_id, ts_ms, b.ticketed, seq],
+    )?;
+    let batch_id = c.last_insert_rowid();
+    let mut insert = c.prepare_cached(
+        "INSERT INTO detections (batch_id, camera_id, ts_ms, label, confidence, bbox, track_id, attributes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    for d in detections {
+        insert.execute(params![
+            batch_id,
+            b.camera_id,
+            ts_ms,
+            d["label"].as_str(),
+            d["confidence"].as_f64(),
+            (!d["bbox"].is_null()).then(|| d["bbox"].to_string()),
+            d["track_id"].as_str(),
+            d["attributes"].to_string(),
+        ])?;
+    }
+    Ok(true)
+}

@@ -1,0 +1,228 @@
+//! Task leases: which worker analyses which task.
+//!
+//! Acquiring is renewing. The tasks are shared among the *live* workers of one credential: a
+//! worker is live while its last lease call is younger than its TTL, and every call records it
+//! (the upstream kernel only recorded workers on the legacy task list, so the first worker to
+//! lease took everything). Task `i` of the sorted eligible list belongs to worker `i mod n` of the
+//! sorted live workers; a worker renews the tasks of its share that are free or already its own
+//! and lets go of the others, so after one renewal round every task sits with its owner. A worker
+//! that stops renewing loses its tasks when its leases expire. Expiry is a predicate, not a reaper.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// A lease held by a credential on a task.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lease {
+    pub task_id: String,
+    pub lease_id: String,
+    pub credential: String,
+    pub worker_id: String,
+    pub expires_at_ms: i64,
+}
+
+/// Who asks for a lease, and for how long.
+#[derive(Clone, Debug)]
+pub struct LeaseRequest<'a> {
+    pub credential: &'a str,
+    pub worker_id: &'a str,
+    /// The id this call's leases get (every renewal issues a new one).
+    pub lease_id: &'a str,
+    pub ttl_ms: i64,
+    pub max_tasks: usize,
+    pub now_ms: i64,
+}
+
+/// Acquires or renews this worker's share of `eligible` (task ids, sorted); returns the ids leased.
+pub fn acquire(
+    c: &Connection,
+    req: &LeaseRequest<'_>,
+    eligible: &[String],
+) -> rusqlite::Result<Vec<String>> {
+    let LeaseRequest {
+        credential,
+        worker_id,
+        lease_id,
+        ttl_ms,
+        max_tasks,
+        now_ms,
+    } = *req;
+    c.execute(
+        "INSERT INTO workers (credential, worker_id, last_seen_ms, ttl_ms) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (credential, worker_id) DO UPDATE SET last_seen_ms = ?3, ttl_ms = ?4",
+        params![credential, worker_id, now_ms, ttl_ms],
+    )?;
+    c.execute(
+        "DELETE FROM workers WHERE last_seen_ms + ttl_ms < ?1",
+        [now_ms - 3_600_000],
+    )?;
+    let mut stmt = c.prepare_cached(
+        "SELECT worker_id FROM workers WHERE credential = ?1 AND last_seen_ms + ttl_ms > ?2 ORDER BY worker_id",
+    )?;
+    let live: Vec<String> = stmt
+        .query_map(params![credential, now_ms], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let me = live.iter().position(|w| w == worker_id).unwrap_or(0);
+    let n = live.len().max(1);
+    let share: Vec<&String> = eligible
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % n == me)
+        .map(|(_, t)| t)
+        .collect();
+
+    // Let go of what is no longer this worker's, so its owner can take it now.
+    let mut held =
+        c.prepare_cached("SELECT task_id FROM leases WHERE credential = ?1 AND worker_id = ?2")?;
+    let holding: Vec<String> = held
+        .query_map(params![credential, worker_id], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for task in holding.iter().filter(|t| !share.contains(t)) {
+        c.execute(
+            "DELETE FROM leases WHERE task_id = ?1 AND credential = ?2 AND worker_id = ?3",
+            params![task, credential, worker_id],
+        )?;
+    }
+
+    let mut leased = Vec::new();
+    for task in share {
+        if leased.len() >= max_tasks {
+            break;
+        }
+        let existing: Option<(String, String, i64)> = c
+            .query_row(
+                "SELECT credential, worker_id, expires_at_ms FROM leases WHERE task_id = ?1",
+                [task],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        let free = match &existing {
+            None => true,
+            Some((cred, worker, expires)) => {
+                *expires <= now_ms || (cred == credential && worker == worker_id)
+            }
+        };
+        if !free {
+            continue;
+        }
+        let same_holder = existing.as_ref().is_some_and(|(cred, worker, exp)| {
+            cred == credential && worker == worker_id && *exp > now_ms
+        });
+        c.execute(
+            "INSERT INTO leases (task_id, lease_id, credential, worker_id, acquired_at_ms, expires_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (task_id) DO UPDATE SET lease_id = ?2, credential = ?3, worker_id = ?4,
+                 acquired_at_ms = CASE WHEN ?7 THEN acquired_at_ms ELSE ?5 END, expires_at_ms = ?6",
+            params![task, lease_id, credential, worker_id, now_ms, now_ms + ttl_ms, same_holder],
+        )?;
+        leased.push(task.clone());
+    }
+    Ok(leased)
+}
+
+/// Releases every task of a lease id held by `credential`; idempotent.
+pub fn release(c: &Connection, credential: &str, lease_id: &str) -> rusqlite::Result<usize> {
+    c.execute(
+        "DELETE FROM leases WHERE lease_id = ?1 AND credential = ?2",
+        params![lease_id, credential],
+    )
+}
+
+/// The live lease `credential` holds on `task_id`, if any.
+pub fn live_lease(
+    c: &Connection,
+    task_id: &str,
+    credential: &str,
+    now_ms: i64,
+) -> rusqlite::Result<Option<Lease>> {
+    c.query_row(
+        "SELECT task_id, lease_id, credential, worker_id, expires_at_ms FROM leases
+         WHERE task_id = ?1 AND credential = ?2 AND expires_at_ms > ?3",
+        params![task_id, credential, now_ms],
+        |r| {
+            Ok(Lease {
+                task_id: r.get(0)?,
+                lease_id: r.get(1)?,
+                credential: r.get(2)?,
+                worker_id: r.get(3)?,
+                expires_at_ms: r.get(4)?,
+            })
+        },
+    )
+    .optional()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> Connection {
+        let c = Connection::open_in_memory().unwrap();
+        c.execute_batch(include_str!("../../migrations/0003_perception.sql"))
+            .unwrap();
+        c
+    }
+
+    fn tasks(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("cam{i}:motion:sub")).collect()
+    }
+
+    /// Leases for `worker` at `now_ms`; the lease id is `l<now_ms>`.
+    fn take(
+        c: &Connection,
+        credential: &str,
+        worker: &str,
+        now_ms: i64,
+        all: &[String],
+    ) -> Vec<String> {
+        let lease_id = format!("l{now_ms}");
+        let req = LeaseRequest {
+            credential,
+            worker_id: worker,
+            lease_id: &lease_id,
+            ttl_ms: 60_000,
+            max_tasks: 512,
+            now_ms,
+        };
+        acquire(c, &req, all).unwrap()
+    }
+
+    #[test]
+    fn two_workers_share_and_a_silent_one_loses_its_tasks_at_expiry() {
+        let c = db();
+        let all = tasks(4);
+        assert_eq!(
+            take(&c, "tok_1", "a", 0, &all).len(),
+            4,
+            "alone, a takes everything"
+        );
+        assert!(
+            take(&c, "tok_1", "b", 1000, &all).is_empty(),
+            "b's share is still held by a"
+        );
+        assert_eq!(
+            take(&c, "tok_1", "a", 2000, &all),
+            vec![all[0].clone(), all[2].clone()],
+            "a lets go of b's share"
+        );
+        assert_eq!(
+            take(&c, "tok_1", "b", 3000, &all),
+            vec![all[1].clone(), all[3].clone()]
+        );
+        // a stops renewing: once its leases and its liveness expire, b takes everything.
+        assert_eq!(take(&c, "tok_1", "b", 62_001, &all).len(), 4);
+    }
+
+    #[test]
+    fn another_credential_cannot_take_a_live_lease_and_release_is_scoped() {
+        let c = db();
+        let all = tasks(1);
+        assert_eq!(take(&c, "tok_1", "a", 0, &all).len(), 1);
+        assert!(take(&c, "tok_2", "x", 10, &all).is_empty());
+        assert_eq!(release(&c, "tok_2", "l0").unwrap(), 0, "not its lease");
+        assert_eq!(release(&c, "tok_1", "l0").unwrap(), 1);
+        assert_eq!(release(&c, "tok_1", "l0").unwrap(), 0, "idempotent");
+        assert_eq!(take(&c, "tok_2", "x", 20, &all).len(), 1);
+        assert!(live_lease(&c, &all[0], "tok_2", 30).unwrap().is_some());
+        assert!(live_lease(&c, &all[0], "tok_1", 30).unwrap().is_none());
+    }
+}

@@ -1,0 +1,129 @@
+//! Inference tasks in the registry: one kind of analysis on one camera stream.
+//!
+//! A task's id is `<camera>:<task_type>:<profile>`: stable for its life, readable in logs, and
+//! unique because none of the three parts may contain `:`. At most one task exists per (camera,
+//! task type, profile), as in the upstream kernel.
+
+use rusqlite::{Connection, params};
+use serde::{Deserialize, Serialize};
+
+use super::{Registry, RegistryError, Source};
+use crate::config::model::{StreamProfile, TaskConfig};
+use crate::store::StoreError;
+
+/// A task as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub camera_id: String,
+    pub task_type: String,
+    pub profile: StreamProfile,
+    pub fps: f64,
+    pub width: u32,
+    pub config: serde_json::Value,
+    pub enabled: bool,
+    pub source: Source,
+}
+
+pub fn task_id(camera: &str, task_type: &str, profile: StreamProfile) -> String {
+    let profile = match profile {
+        StreamProfile::Main => "main",
+        StreamProfile::Sub => "sub",
+    };
+    format!("{camera}:{task_type}:{profile}")
+}
+
+fn profile_str(p: StreamProfile) -> &'static str {
+    match p {
+        StreamProfile::Main => "main",
+        StreamProfile::Sub => "sub",
+    }
+}
+
+/// Makes the `tasks` table hold exactly the file's tasks plus the runtime ones.
+pub(super) fn sync_file(c: &Connection, tasks: &[TaskConfig]) -> rusqlite::Result<()> {
+    let mut ids = Vec::new();
+    for t in tasks {
+        let id = task_id(&t.camera, &t.task_type, t.profile);
+        c.execute(
+            "INSERT INTO tasks (id, camera_id, task_type, profile, fps, width, config, enabled, source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'file')
+             ON CONFLICT (id) DO UPDATE SET fps = ?5, width = ?6, config = ?7, enabled = ?8, source = 'file'",
+            params![id, t.camera, t.task_type, profile_str(t.profile), t.fps, t.width, t.config.to_string(), t.enabled],
+        )?;
+        ids.push(id);
+    }
+    let mut stmt = c.prepare("SELECT id FROM tasks WHERE source = 'file'")?;
+    let stored: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    for id in stored.iter().filter(|id| !ids.contains(id)) {
+        c.execute("DELETE FROM tasks WHERE id = ?1", [id])?;
+    }
+    // A task of a camera that no longer exists is meaningless.
+    c.execute(
+        "DELETE FROM tasks WHERE camera_id NOT IN (SELECT id FROM cameras)",
+        [],
+    )?;
+    Ok(())
+}
+
+fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
+    let profile: String = r.get(3)?;
+    let config: String = r.get(6)?;
+    let source: String = r.get(8)?;
+    Ok(Task {
+        id: r.get(0)?,
+        camera_id: r.get(1)?,
+        task_type: r.get(2)?,
+        profile: if profile == "main" {
+            StreamProfile::Main
+        } else {
+            StreamProfile::Sub
+        },
+        fps: r.get(4)?,
+        width: r.get::<_, i64>(5)? as u32,
+        config: serde_json::from_str(&config).unwrap_or_else(|_| serde_json::json!({})),
+        enabled: r.get(7)?,
+        source: if source == "file" {
+            Source::File
+        } else {
+            Source::Runtime
+        },
+    })
+}
+
+const SELECT: &str =
+    "SELECT id, camera_id, task_type, profile, fps, width, config, enabled, source FROM tasks";
+
+impl Registry {
+    /// Every task, ordered by id.
+    pub async fn tasks(&self) -> Result<Vec<Task>, RegistryError> {
+        self.inner
+            .store
+            .read(|c| {
+                let mut stmt = c.prepare_cached(&format!("{SELECT} ORDER BY id"))?;
+                let rows = stmt
+                    .query_map([], task_from_row)?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, StoreError>(rows)
+            })
+            .await
+            .map_err(RegistryError::from)
+    }
+
+    /// Tasks offered to workers: enabled, on an enabled camera with detection on.
+    pub async fn active_tasks(&self) -> Result<Vec<Task>, RegistryError> {
+        let cameras = self.cameras().await?;
+        let tasks = self.tasks().await?;
+        Ok(tasks
+            .into_iter()
+            .filter(|t| {
+                t.enabled
+                    && cameras
+                        .iter()
+                        .any(|c| c.id() == t.camera_id && c.enabled && c.detect)
+            })
+            .collect())
+    }
+}
