@@ -56,10 +56,10 @@ fn json_body<T: serde::de::DeserializeOwned>(
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = if path == "." {
-            format!("body is not valid JSON: {inner}")
-        } else {
-            format!("{path}: {inner}")
+        let message = match inner.classify() {
+            serde_json::error::Category::Data if path != "." => format!("{path}: {inner}"),
+            serde_json::error::Category::Data => format!("body: {inner}"),
+            _ => format!("body is not valid JSON: {inner}"),
         };
         ApiError::new(StatusCode::BAD_REQUEST, message)
     })

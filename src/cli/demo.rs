@@ -77,6 +77,7 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
         socket: Some(socket),
         stop_after: args.duration.map(Duration::from_secs),
         ready: Some(ready),
+        consumers: None,
     };
     let rt = runtime()?;
     let worker = rt.spawn(async move {

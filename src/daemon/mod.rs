@@ -42,7 +42,7 @@ use crate::store::{self, Store};
 pub const GRACE: Duration = Duration::from_secs(10);
 
 /// What a caller may override over the config when starting the daemon.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Overrides {
     /// `HELDAR_SOCKET` or `--socket`.
     pub socket: Option<PathBuf>,
@@ -50,7 +50,13 @@ pub struct Overrides {
     pub stop_after: Option<Duration>,
     /// Told the HTTP address once the daemon serves (`heldar demo` starts its worker then).
     pub ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+    /// Extra outbox consumers, started with the daemon's shutdown token; for embedding the
+    /// daemon (the durability tests attach counting consumers this way).
+    pub consumers: Option<ConsumerHook>,
 }
+
+/// Starts extra outbox consumers: gets the outbox and the shutdown token.
+pub type ConsumerHook = Box<dyn FnOnce(&Outbox, CancellationToken) + Send>;
 
 /// Runs the daemon to completion. `Ok` means a clean, signalled stop.
 pub async fn run(
@@ -177,6 +183,9 @@ pub async fn run(
         });
     }
 
+    if let Some(start) = overrides.consumers.take() {
+        start(&outbox, shutdown.clone());
+    }
     notify::ready(&format!("serving; http on {http_listen}"));
     if let Some(ready) = overrides.ready {
         let _ = ready.send(http_listen);

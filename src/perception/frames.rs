@@ -86,9 +86,7 @@ impl FrameStore {
         self.encodes.load(Ordering::Relaxed)
     }
 
-    fn lock_write(
-        &self,
-    ) -> std::sync::RwLockWriteGuard<'_, HashMap<CameraStream, Arc<Frame>>> {
+    fn lock_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<CameraStream, Arc<Frame>>> {
         self.frames.write().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -2,7 +2,9 @@
 
 mod config;
 mod daemon;
+mod durability;
 mod fixtures;
 mod media;
+mod perception;
 mod retention;
 mod store;
