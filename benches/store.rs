@@ -12,11 +12,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use heldar_edge::store::{Store, StoreError};
-use rusqlite::{Connection, params};
+use rusqlite::params;
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bench (
-    id INTEGER PRIMARY KEY, camera TEXT NOT NULL, label TEXT NOT NULL, confidence REAL NOT NULL, bbox TEXT NOT NULL)";
-const INSERT: &str = "INSERT INTO bench (camera, label, confidence, bbox) VALUES (?1, ?2, ?3, ?4)";
+mod common;
+
+use common::{INSERT, SCHEMA, raw_sqlite};
 const ROWS_PER_REQUEST: usize = 10;
 
 fn main() {
@@ -80,33 +80,6 @@ fn fdatasync_loop(dir: &std::path::Path, span: Duration) -> f64 {
         n += 1;
     }
     n as f64 / start.elapsed().as_secs_f64()
-}
-
-fn raw_sqlite(dir: &std::path::Path, name: &str, rows_per_tx: usize, span: Duration) -> f64 {
-    let mut conn = Connection::open(dir.join(name)).unwrap();
-    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
-        .unwrap();
-    conn.execute_batch(SCHEMA).unwrap();
-    let start = Instant::now();
-    let mut rows = 0u64;
-    while start.elapsed() < span {
-        let tx = conn.transaction().unwrap();
-        {
-            let mut stmt = tx.prepare_cached(INSERT).unwrap();
-            for i in 0..rows_per_tx {
-                stmt.execute(params![
-                    "gate",
-                    "person",
-                    0.9,
-                    format!("[0.{i},0.2,0.3,0.4]")
-                ])
-                .unwrap();
-            }
-        }
-        tx.commit().unwrap();
-        rows += rows_per_tx as u64;
-    }
-    rows as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn writer(dir: &std::path::Path, callers: usize, span: Duration) -> (f64, f64) {

@@ -479,13 +479,24 @@ fn ball_to_sampler_to_motion_worker_to_detections() {
     let worker_token = token(&d, "worker");
     let viewer = token(&d, "viewer");
     let mut worker = std::process::Command::new(crate::fixtures::heldar_bin())
-        .args(["worker", "motion", "--poll", "2", "--api", &http.base, "--token", &worker_token])
+        .args([
+            "worker",
+            "motion",
+            "--poll",
+            "2",
+            "--api",
+            &http.base,
+            "--token",
+            &worker_token,
+        ])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
 
     let rows = wait_for(Duration::from_secs(40), || {
-        let rows = http.get("/api/v1/cameras/gate/detections?limit=500", Some(&viewer)).json();
+        let rows = http
+            .get("/api/v1/cameras/gate/detections?limit=500", Some(&viewer))
+            .json();
         let rows = rows.as_array()?.clone();
         (rows.len() >= 25).then_some(rows)
     });
@@ -496,25 +507,55 @@ fn ball_to_sampler_to_motion_worker_to_detections() {
         .iter()
         .filter_map(|r| {
             let b = r["bbox"].as_array()?;
-            Some((b[0].as_f64()? + b[2].as_f64()? / 2.0, b[1].as_f64()? + b[3].as_f64()? / 2.0))
+            Some((
+                b[0].as_f64()? + b[2].as_f64()? / 2.0,
+                b[1].as_f64()? + b[3].as_f64()? / 2.0,
+            ))
         })
         .collect();
     let spread = |f: fn(&(f64, f64)) -> f64| {
         let v: Vec<f64> = centres.iter().map(f).collect();
         v.iter().cloned().fold(f64::MIN, f64::max) - v.iter().cloned().fold(f64::MAX, f64::min)
     };
-    assert!(spread(|c| c.0) > 0.2 || spread(|c| c.1) > 0.2, "the boxes follow the moving ball: {centres:?}");
+    assert!(
+        spread(|c| c.0) > 0.2 || spread(|c| c.1) > 0.2,
+        "the boxes follow the moving ball: {centres:?}"
+    );
     for r in &rows {
         assert_eq!(r["label"], "motion");
-        assert!(r["track_id"].as_str().is_some_and(|t| t.starts_with('m')), "{r}");
-        assert!(r["frame_id"].as_str().is_some_and(|f| f.starts_with("gate:motion:main:")), "ticketed frame ids: {r}");
+        assert!(
+            r["track_id"].as_str().is_some_and(|t| t.starts_with('m')),
+            "{r}"
+        );
+        assert!(
+            r["frame_id"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("gate:motion:main:")),
+            "ticketed frame ids: {r}"
+        );
         assert_eq!(r["attributes"]["source"], "worker");
     }
 
     // 5 fps on a 1 s GOP needs full decoding; 0.5 fps needs keyframes only.
     let samplers = http.get("/api/v1/ai/samplers", Some(&viewer)).json();
-    let by_camera = |id: &str| samplers.as_array().unwrap().iter().find(|s| s["camera_id"] == id).unwrap().clone();
+    let by_camera = |id: &str| {
+        samplers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["camera_id"] == id)
+            .unwrap()
+            .clone()
+    };
     let (g, y) = (by_camera("gate"), by_camera("yard"));
-    assert_eq!((g["state"].as_str(), g["keyframe_only"].as_bool()), (Some("sampling"), Some(false)), "{g}");
-    assert_eq!((y["keyframe_only"].as_bool(), y["fps"].as_f64()), (Some(true), Some(0.5)), "{y}");
+    assert_eq!(
+        (g["state"].as_str(), g["keyframe_only"].as_bool()),
+        (Some("sampling"), Some(false)),
+        "{g}"
+    );
+    assert_eq!(
+        (y["keyframe_only"].as_bool(), y["fps"].as_f64()),
+        (Some(true), Some(0.5)),
+        "{y}"
+    );
 }

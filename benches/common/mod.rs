@@ -1,0 +1,137 @@
+//! Helpers shared by the benchmarks: the raw SQLite limit of a filesystem, process CPU and
+//! memory readings, and a daemon started from a config snippet.
+
+#![allow(dead_code)] // Each benchmark uses a different subset.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, params};
+
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bench (
+    id INTEGER PRIMARY KEY, camera TEXT NOT NULL, label TEXT NOT NULL, confidence REAL NOT NULL, bbox TEXT NOT NULL)";
+pub const INSERT: &str =
+    "INSERT INTO bench (camera, label, confidence, bbox) VALUES (?1, ?2, ?3, ?4)";
+
+/// Rows per second SQLite commits in WAL mode with `synchronous=FULL`, `rows_per_tx` at a time.
+pub fn raw_sqlite(dir: &Path, name: &str, rows_per_tx: usize, span: Duration) -> f64 {
+    let mut conn = Connection::open(dir.join(name)).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")
+        .unwrap();
+    conn.execute_batch(SCHEMA).unwrap();
+    let start = Instant::now();
+    let mut rows = 0u64;
+    while start.elapsed() < span {
+        let tx = conn.transaction().unwrap();
+        {
+            let mut stmt = tx.prepare_cached(INSERT).unwrap();
+            for i in 0..rows_per_tx {
+                stmt.execute(params![
+                    "gate",
+                    "person",
+                    0.9,
+                    format!("[0.{i},0.2,0.3,0.4]")
+                ])
+                .unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        rows += rows_per_tx as u64;
+    }
+    rows as f64 / start.elapsed().as_secs_f64()
+}
+
+/// utime + stime of a process, in seconds.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = fields
+        .get(11)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0);
+    ticks as f64 / clock_ticks()
+}
+
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// A `heldar run` on a fresh data dir with `extra` config; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start(base: &Path, extra: &str) -> Daemon {
+        let dir = tempfile::tempdir_in(base).unwrap();
+        let config = format!(
+            "device_id = \"bench\"\ndata_dir = \"{}\"\nlog_level = \"warn\"\n{extra}\n\
+             [control]\nsocket = \"{}\"\ngroup = \"root\"\n",
+            dir.path().join("data").display(),
+            dir.path().join("heldar.sock").display()
+        );
+        std::fs::write(dir.path().join("heldar.toml"), config).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_heldar"))
+            .args(["run", "--config"])
+            .arg(dir.path().join("heldar.toml"))
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("heldar run");
+        Daemon { child, dir }
+    }
+
+    /// The HTTP address the daemon bound, once it answers.
+    pub fn http(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new(env!("CARGO_BIN_EXE_heldar"))
+                .arg("--socket")
+                .arg(self.dir.path().join("heldar.sock"))
+                .args(["--json", "status"])
+                .output()
+                .unwrap();
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+                return format!("http://{}", v["http_listen"].as_str().unwrap());
+            }
+            assert!(Instant::now() < deadline, "daemon did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
