@@ -7,6 +7,10 @@
 //! - [`store`]: SQLite with one group-committing writer thread and read-only readers;
 //! - [`registry`]: the cameras the box runs, from the file and from runtime changes;
 //! - [`media`]: camera pipelines, recording, the recording index and camera health;
+//! - [`perception`]: samplers, the worker contract and durable ingest;
+//! - [`outbox`]: the append-only log and its consumers' cursors;
+//! - [`zones`]: the zone engine, a local outbox consumer;
+//! - [`worker`]: the reference motion worker (`heldar worker motion`);
 //! - [`api`]: the loopback HTTP listener and the CLI's Unix control socket;
 //! - [`daemon`]: the composition root that builds and stops every service;
 //! - [`cli`]: the `heldar` command.
@@ -21,3 +25,4 @@ pub mod perception;
 pub mod registry;
 pub mod store;
 pub mod worker;
+pub mod zones;

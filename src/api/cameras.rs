@@ -101,7 +101,7 @@ pub(super) async fn get(
         .registry
         .camera(&id)
         .await?
-        .ok_or(RegistryError::NotFound(id))?;
+        .ok_or_else(|| RegistryError::NotFound(format!("camera {id:?}")))?;
     Ok(Json(CameraView::new(
         &camera,
         state.media.health().get(camera.id()),

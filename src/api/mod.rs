@@ -13,6 +13,7 @@ mod error;
 mod outbox;
 mod system;
 mod worker;
+mod zones;
 
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ pub use cameras::{CameraView, ClipAnswer, Timeline};
 pub use error::ApiError;
 pub use system::{SystemInfo, SystemStatus};
 pub use worker::DetectionRow;
+pub use zones::{OccupancyRow, ZoneEventRow};
 
 use crate::media::Media;
 use crate::outbox::Outbox;
@@ -80,6 +82,19 @@ fn routes() -> Router<AppState> {
         )
         .route("/api/v1/ai/embed-queries", get(worker::not_offered))
         .route("/api/v1/ai/embeddings", post(worker::not_offered))
+        .route(
+            "/api/v1/cameras/{id}/zones",
+            get(zones::list).post(zones::create),
+        )
+        .route(
+            "/api/v1/cameras/{id}/zones/occupancy",
+            get(zones::occupancy),
+        )
+        .route("/api/v1/cameras/{id}/zone-events", get(zones::events))
+        .route(
+            "/api/v1/zones/{id}",
+            axum::routing::patch(zones::patch).delete(zones::delete),
+        )
         .route(
             "/api/v1/tokens",
             get(outbox::tokens).post(outbox::create_token),

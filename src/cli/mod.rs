@@ -11,6 +11,7 @@ mod demo;
 mod events;
 mod recordings;
 mod render;
+mod zones;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,11 @@ enum Command {
     Cameras {
         #[command(subcommand)]
         command: cameras::CamerasCommand,
+    },
+    /// Zones: regions and lines the zone engine watches.
+    Zones {
+        #[command(subcommand)]
+        command: zones::ZonesCommand,
     },
     /// The newest frame of a camera (or the one recorded at --at), as a JPEG.
     Snapshot {
@@ -260,6 +266,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         ),
         Command::Segments { command } => {
             recordings::segments(command, client::Client::new(cli.socket), cli.json)
+        }
+        Command::Zones { command } => {
+            zones::run(command, client::Client::new(cli.socket), cli.json)
         }
         Command::Token { command } => {
             events::token(command, client::Client::new(cli.socket), cli.json)

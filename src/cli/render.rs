@@ -379,3 +379,39 @@ pub fn record(r: &crate::outbox::Record) -> String {
         camera
     )
 }
+
+pub fn zones(
+    zones: &[crate::registry::StoredZone],
+    occupancy: &[crate::api::OccupancyRow],
+) -> String {
+    let mut out = format!(
+        "{:<16} {:<12} {:<7} {:>6} {:<8} {}\n",
+        "ZONE", "CAMERA", "KIND", "INSIDE", "SOURCE", "LABELS"
+    );
+    for z in zones {
+        let s = &z.settings;
+        let inside = occupancy
+            .iter()
+            .find(|o| o.zone == s.name)
+            .map_or(0, |o| o.total);
+        let kind = match s.kind {
+            crate::config::model::ZoneKind::Region => "region",
+            crate::config::model::ZoneKind::Line => "line",
+        };
+        let source = match z.source {
+            crate::registry::Source::File => "file",
+            crate::registry::Source::Runtime => "runtime",
+        };
+        let labels = if s.labels.is_empty() {
+            "all".to_string()
+        } else {
+            s.labels.join(",")
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<12} {:<7} {:>6} {:<8} {labels}",
+            s.name, s.camera, kind, inside, source
+        );
+    }
+    out
+}

@@ -20,7 +20,7 @@ use std::fmt;
 
 pub use load::{BUILTIN_BOARDS, Loaded, load, load_str};
 pub use model::Config;
-pub use validate::{camera_problems, is_task_type};
+pub use validate::{camera_problems, is_task_type, zone_problems};
 
 /// One thing wrong with a config, at a key path such as `cameras[1].segment_seconds`.
 #[derive(Clone, Debug, PartialEq, Eq)]

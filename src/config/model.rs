@@ -459,6 +459,10 @@ pub struct ZoneConfig {
     /// A track not seen for this long leaves every zone it was in (`exit`, reason `lost`).
     #[serde(default = "default_lost_after")]
     pub lost_after: Duration,
+    /// An object that stays put this long (a parked car) makes no events and does not count in
+    /// occupancy until it moves again.
+    #[serde(default = "default_static_after")]
+    pub static_after: Duration,
     #[serde(default = "default_severity")]
     pub severity: Severity,
     #[serde(default = "default_anchor")]
@@ -481,6 +485,10 @@ fn default_confirm() -> Duration {
 
 fn default_lost_after() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_static_after() -> Duration {
+    Duration::from_secs(120)
 }
 
 fn default_severity() -> Severity {

@@ -5,9 +5,17 @@
 
 use std::collections::HashMap;
 
-use super::model::{CameraConfig, Config, SerialConfig, SerialProtocol, ZoneKind};
+use super::model::{CameraConfig, Config, SerialConfig, SerialProtocol, ZoneConfig, ZoneKind};
 use super::rules::{Action, RelayOp, Trigger};
 use super::{Problem, is_valid_id};
+
+/// Problems of one zone on its own (its name's uniqueness is the caller's to check), with key
+/// names relative to the zone; used for zones added at runtime.
+pub fn zone_problems(zone: &ZoneConfig, cameras: &[&str]) -> Vec<Problem> {
+    let mut v = Validator::default();
+    v.zone("", zone, cameras);
+    v.problems
+}
 
 /// Problems of one camera on its own (uniqueness of its id is the caller's to check), with key
 /// names relative to the camera; used for cameras added at runtime.
@@ -294,59 +302,65 @@ impl Validator {
                 .enumerate()
                 .map(|(i, z)| (format!("zones[{i}].name"), z.name.as_str())),
         );
+        let cameras: Vec<&str> = c.cameras.iter().map(|cam| cam.id.as_str()).collect();
         for (i, zone) in c.zones.iter().enumerate() {
-            let p = |key: &str| format!("zones[{i}].{key}");
-            self.id(p("name"), &zone.name);
-            if !c.cameras.iter().any(|cam| cam.id == zone.camera) {
-                self.fail(
-                    p("camera"),
-                    format!("no camera {:?} is declared", zone.camera),
-                );
-            }
-            let n = zone.points.len();
-            match zone.kind {
-                ZoneKind::Region if !(3..=512).contains(&n) => self.fail(
-                    p("points"),
-                    format!("a region needs 3..512 points, got {n}"),
-                ),
-                ZoneKind::Line if n != 2 => self.fail(
-                    p("points"),
-                    format!("a line needs exactly 2 points, got {n}"),
-                ),
-                _ => {}
-            }
-            for (j, point) in zone.points.iter().enumerate() {
-                for (k, coord) in point.iter().enumerate() {
-                    if !(coord.is_finite() && (0.0..=1.0).contains(coord)) {
-                        self.fail(
-                            p(&format!("points[{j}][{k}]")),
-                            format!("must be within 0..1, got {coord}"),
-                        );
-                    }
+            self.zone(&format!("zones[{i}]."), zone, &cameras);
+        }
+    }
+
+    /// Checks one zone; `prefix` is prepended to key names.
+    fn zone(&mut self, prefix: &str, zone: &ZoneConfig, cameras: &[&str]) {
+        let p = |key: &str| format!("{prefix}{key}");
+        self.id(p("name"), &zone.name);
+        if !cameras.contains(&zone.camera.as_str()) {
+            self.fail(
+                p("camera"),
+                format!("no camera {:?} is declared", zone.camera),
+            );
+        }
+        let n = zone.points.len();
+        match zone.kind {
+            ZoneKind::Region if !(3..=512).contains(&n) => self.fail(
+                p("points"),
+                format!("a region needs 3..512 points, got {n}"),
+            ),
+            ZoneKind::Line if n != 2 => self.fail(
+                p("points"),
+                format!("a line needs exactly 2 points, got {n}"),
+            ),
+            _ => {}
+        }
+        for (j, point) in zone.points.iter().enumerate() {
+            for (k, coord) in point.iter().enumerate() {
+                if !(coord.is_finite() && (0.0..=1.0).contains(coord)) {
+                    self.fail(
+                        p(&format!("points[{j}][{k}]")),
+                        format!("must be within 0..1, got {coord}"),
+                    );
                 }
             }
-            for (j, label) in zone.labels.iter().enumerate() {
-                if label.trim().is_empty() {
-                    self.fail(p(&format!("labels[{j}]")), "must not be empty");
-                }
+        }
+        for (j, label) in zone.labels.iter().enumerate() {
+            if label.trim().is_empty() {
+                self.fail(p(&format!("labels[{j}]")), "must not be empty");
             }
-            self.range_f64(p("min_confidence"), zone.min_confidence, 0.0, 1.0);
-            for (key, area) in [("min_area", zone.min_area), ("max_area", zone.max_area)] {
-                if let Some(a) = area {
-                    self.range_f64(p(key), a, 0.0, 1.0);
-                }
+        }
+        self.range_f64(p("min_confidence"), zone.min_confidence, 0.0, 1.0);
+        for (key, area) in [("min_area", zone.min_area), ("max_area", zone.max_area)] {
+            if let Some(a) = area {
+                self.range_f64(p(key), a, 0.0, 1.0);
             }
-            if let (Some(min), Some(max)) = (zone.min_area, zone.max_area)
-                && min > max
-            {
-                self.fail(
-                    p("min_area"),
-                    format!("must not exceed max_area ({min} > {max})"),
-                );
-            }
-            if let Some(d) = zone.dwell_seconds {
-                self.range_f64(p("dwell_seconds"), d, 0.1, 86_400.0);
-            }
+        }
+        if let (Some(min), Some(max)) = (zone.min_area, zone.max_area)
+            && min > max
+        {
+            self.fail(
+                p("min_area"),
+                format!("must not exceed max_area ({min} > {max})"),
+            );
+        }
+        if let Some(d) = zone.dwell_seconds {
+            self.range_f64(p("dwell_seconds"), d, 0.1, 86_400.0);
         }
     }
 

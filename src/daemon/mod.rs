@@ -36,6 +36,7 @@ use crate::perception::sampler::Samplers;
 use crate::perception::{FrameStore, Perception};
 use crate::registry::Registry;
 use crate::store::{self, Store};
+use crate::zones::ZoneEngine;
 
 /// How long services get to stop after SIGTERM before the daemon exits anyway. The systemd unit's
 /// `TimeoutStopSec` is larger, so systemd never has to SIGKILL a healthy daemon.
@@ -160,6 +161,11 @@ pub async fn run(
     services.spawn("outbox compaction", {
         let (outbox, token) = (outbox.clone(), shutdown.clone());
         async move { outbox.run_compaction(token).await }
+    });
+    services.spawn("zone engine", {
+        let engine = ZoneEngine::new(store.clone(), registry.clone(), outbox.clone());
+        let token = shutdown.clone();
+        async move { engine.run(token).await }
     });
     services.spawn("samplers", {
         let token = shutdown.clone();

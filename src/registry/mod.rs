@@ -10,6 +10,7 @@
 //! services that act on it. A refused change leaves nothing behind.
 
 mod tasks;
+mod zones;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -25,6 +26,7 @@ use crate::config::{Problem, camera_problems};
 use crate::store::{Store, StoreError};
 
 pub use tasks::{Task, task_id};
+pub use zones::StoredZone;
 
 /// Who declared a camera or task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -90,7 +92,7 @@ pub enum RegistryError {
         "camera {0:?} is declared in heldar.toml: edit the file and restart heldar to change or remove it"
     )]
     FileOwned(String),
-    #[error("no camera {0:?}")]
+    #[error("no {0}")]
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -134,6 +136,7 @@ impl Registry {
     pub async fn open(store: Store, config: &Config) -> Result<Registry, RegistryError> {
         let (cameras, serial) = (&config.cameras, &config.serial);
         let file_tasks = config.tasks.clone();
+        let file_zones = config.zones.clone();
         let file_secrets = cameras
             .iter()
             .filter_map(|c| c.password.clone().map(|p| (c.id.clone(), p)))
@@ -175,6 +178,7 @@ impl Registry {
                     c.execute("DELETE FROM cameras WHERE id = ?1", [id])?;
                 }
                 tasks::sync_file(c, &file_tasks)?;
+                zones::sync_file(c, &file_zones)?;
                 Ok::<_, RegistryError>(converted)
             })
             .await?;
@@ -268,7 +272,7 @@ impl Registry {
         self.changed();
         self.camera(&settings.id)
             .await?
-            .ok_or(RegistryError::NotFound(settings.id))
+            .ok_or_else(|| RegistryError::NotFound(format!("camera {:?}", settings.id)))
     }
 
     /// Removes a runtime camera. Its recordings stay until retention takes them.
@@ -279,7 +283,7 @@ impl Registry {
             .write(move |c| {
                 refuse_file_owned(c, &owned)?;
                 if c.execute("DELETE FROM cameras WHERE id = ?1", [&owned])? == 0 {
-                    return Err(RegistryError::NotFound(owned));
+                    return Err(RegistryError::NotFound(format!("camera {owned:?}")));
                 }
                 c.execute("DELETE FROM camera_health WHERE camera_id = ?1", [&owned])?;
                 Ok(())
@@ -299,7 +303,7 @@ impl Registry {
         let camera = self
             .camera(id)
             .await?
-            .ok_or_else(|| RegistryError::NotFound(id.into()))?;
+            .ok_or_else(|| RegistryError::NotFound(format!("camera {id:?}")))?;
         let value = (toggle.configured(&camera.settings) != on).then_some(on);
         let owned = id.to_string();
         self.inner
@@ -318,7 +322,7 @@ impl Registry {
         self.changed();
         self.camera(id)
             .await?
-            .ok_or_else(|| RegistryError::NotFound(id.into()))
+            .ok_or_else(|| RegistryError::NotFound(format!("camera {id:?}")))
     }
 
     /// A receiver whose value changes after every applied change.
@@ -388,7 +392,7 @@ fn refuse_file_owned(c: &Connection, id: &str) -> Result<(), RegistryError> {
         })
         .optional()?;
     if source.as_deref() == Some("file") {
-        return Err(RegistryError::FileOwned(id.to_string()));
+        return Err(RegistryError::FileOwned(format!("camera {id:?}")));
     }
     Ok(())
 }

@@ -37,6 +37,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_perception",
         sql: include_str!("../../migrations/0003_perception.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_zones",
+        sql: include_str!("../../migrations/0004_zones.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

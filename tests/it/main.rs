@@ -8,3 +8,4 @@ mod media;
 mod perception;
 mod retention;
 mod store;
+mod zones;

@@ -1,0 +1,224 @@
+//! Zones, their events and occupancy: `/api/v1/cameras/{id}/zones...`, `/api/v1/zones/{id}`.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{Principal, Role};
+use super::{ApiError, AppState};
+use crate::config::model::ZoneConfig;
+use crate::registry::{RegistryError, StoredZone};
+use crate::store::StoreError;
+
+const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
+const ADMIN: &[Role] = &[];
+
+fn parse_zone(value: serde_json::Value) -> Result<ZoneConfig, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{path}: {}", e.into_inner()),
+        )
+    })
+}
+
+fn json_value(body: &Bytes) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("body is not valid JSON: {e}"),
+        )
+    })
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(camera): Path<String>,
+) -> Result<Json<Vec<StoredZone>>, ApiError> {
+    who.require(VIEW)?;
+    let zones = state.registry.zones().await?;
+    Ok(Json(
+        zones
+            .into_iter()
+            .filter(|z| z.settings.camera == camera)
+            .collect(),
+    ))
+}
+
+/// `POST /api/v1/cameras/{id}/zones`: a zone with `heldar.toml`'s keys; the camera comes from
+/// the path.
+pub(super) async fn create(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(camera): Path<String>,
+    body: Bytes,
+) -> Result<Json<StoredZone>, ApiError> {
+    who.require(ADMIN)?;
+    let mut value = json_value(&body)?;
+    match value.get("camera") {
+        None => value["camera"] = camera.clone().into(),
+        Some(c) if c == &serde_json::Value::String(camera.clone()) => {}
+        Some(c) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("camera: {c} is not {camera:?} of the path"),
+            ));
+        }
+    }
+    Ok(Json(state.registry.put_zone(parse_zone(value)?).await?))
+}
+
+/// `PATCH /api/v1/zones/{id}`: the given keys replace the zone's.
+pub(super) async fn patch(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<StoredZone>, ApiError> {
+    who.require(ADMIN)?;
+    let changes = json_value(&body)?;
+    let Some(changes) = changes.as_object() else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "body must be a JSON object",
+        ));
+    };
+    if changes
+        .get("name")
+        .is_some_and(|n| n != &serde_json::Value::String(id.clone()))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "name: a zone cannot be renamed; delete it and add another",
+        ));
+    }
+    let zone = state
+        .registry
+        .zones()
+        .await?
+        .into_iter()
+        .find(|z| z.settings.name == id)
+        .ok_or_else(|| RegistryError::NotFound(format!("zone {id:?}")))?;
+    let mut value = serde_json::to_value(&zone.settings)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    for (k, v) in changes {
+        value[k] = v.clone();
+    }
+    Ok(Json(state.registry.put_zone(parse_zone(value)?).await?))
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    who.require(ADMIN)?;
+    state.registry.delete_zone(&id).await?;
+    Ok(Json(serde_json::json!({ "removed": id })))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct EventQuery {
+    zone: Option<String>,
+    r#type: Option<String>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: Option<u32>,
+}
+
+/// A stored zone event.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ZoneEventRow {
+    pub id: i64,
+    pub zone: String,
+    pub camera_id: String,
+    pub task: String,
+    pub track_id: String,
+    pub label: Option<String>,
+    pub r#type: String,
+    pub ts: DateTime<Utc>,
+    pub dwell_s: Option<f64>,
+    pub reason: Option<String>,
+}
+
+pub(super) async fn events(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(camera): Path<String>,
+    Query(q): Query<EventQuery>,
+) -> Result<Json<Vec<ZoneEventRow>>, ApiError> {
+    who.require(VIEW)?;
+    let (from, to) = (
+        q.from.map_or(i64::MIN, |t| t.timestamp_millis()),
+        q.to.map_or(i64::MAX, |t| t.timestamp_millis()),
+    );
+    let limit = q.limit.unwrap_or(200).clamp(1, 5000);
+    let rows = state
+        .store
+        .read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, zone_id, camera_id, task, track_id, label, type, ts_ms, dwell_ms, reason FROM zone_events
+                 WHERE camera_id = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3 AND (?4 IS NULL OR zone_id = ?4)
+                   AND (?5 IS NULL OR type = ?5)
+                 ORDER BY ts_ms DESC, id DESC LIMIT ?6",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![camera, from, to, q.zone, q.r#type, limit], |r| {
+                Ok(ZoneEventRow {
+                    id: r.get(0)?,
+                    zone: r.get(1)?,
+                    camera_id: r.get(2)?,
+                    task: r.get(3)?,
+                    track_id: r.get(4)?,
+                    label: r.get(5)?,
+                    r#type: r.get(6)?,
+                    ts: DateTime::from_timestamp_millis(r.get(7)?).unwrap_or_default(),
+                    dwell_s: r.get::<_, Option<i64>>(8)?.map(|ms| ms as f64 / 1000.0),
+                    reason: r.get(9)?,
+                })
+            })?;
+            Ok::<_, StoreError>(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?;
+    Ok(Json(rows))
+}
+
+/// Occupancy of a zone.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OccupancyRow {
+    pub zone: String,
+    pub total: u32,
+    pub by_label: serde_json::Value,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub(super) async fn occupancy(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Path(camera): Path<String>,
+) -> Result<Json<Vec<OccupancyRow>>, ApiError> {
+    who.require(VIEW)?;
+    let rows = state
+        .store
+        .read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT zone_id, total, by_label, updated_at_ms FROM zone_occupancy WHERE camera_id = ?1 ORDER BY zone_id",
+            )?;
+            let rows = stmt.query_map([camera], |r| {
+                let by_label: String = r.get(2)?;
+                Ok(OccupancyRow {
+                    zone: r.get(0)?,
+                    total: r.get(1)?,
+                    by_label: serde_json::from_str(&by_label).unwrap_or_default(),
+                    updated_at: DateTime::from_timestamp_millis(r.get(3)?).unwrap_or_default(),
+                })
+            })?;
+            Ok::<_, StoreError>(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await?;
+    Ok(Json(rows))
+}
