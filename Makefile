@@ -5,7 +5,7 @@ APT_PACKAGES := build-essential pkg-config \
 	libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev libgstrtspserver-1.0-dev \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools \
-	mosquitto mosquitto-clients socat
+	mosquitto mosquitto-clients socat openssl
 
 CARGO ?= cargo
 

@@ -10,6 +10,7 @@
 //! - [`perception`]: samplers, the worker contract and durable ingest;
 //! - [`outbox`]: the append-only log and its consumers' cursors;
 //! - [`zones`]: the zone engine, a local outbox consumer;
+//! - [`uplink`]: the MQTT session, events, retained state, config over MQTT, discovery;
 //! - [`worker`]: the reference motion worker (`heldar worker motion`);
 //! - [`api`]: the loopback HTTP listener and the CLI's Unix control socket;
 //! - [`daemon`]: the composition root that builds and stops every service;
@@ -24,5 +25,6 @@ pub mod outbox;
 pub mod perception;
 pub mod registry;
 pub mod store;
+pub mod uplink;
 pub mod worker;
 pub mod zones;

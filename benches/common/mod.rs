@@ -88,7 +88,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(base: &Path, extra: &str) -> Daemon {
-        let dir = tempfile::tempdir_in(base).unwrap();
+        Self::start_in(tempfile::tempdir_in(base).unwrap(), extra)
+    }
+
+    /// Starts on `dir`, whose `data/` may already hold a database.
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Daemon {
         let config = format!(
             "device_id = \"bench\"\ndata_dir = \"{}\"\nlog_level = \"warn\"\n{extra}\n\
              [control]\nsocket = \"{}\"\ngroup = \"root\"\n",

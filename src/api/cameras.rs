@@ -13,12 +13,10 @@ use super::{ApiError, AppState};
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 const OPERATE: &[Role] = &[Role::Operator];
 const ADMIN: &[Role] = &[];
-use crate::config::model::CameraConfig;
-use crate::config::secret::Secret;
 use crate::media::clip::ClipReport;
 use crate::media::index::{self, Gap, Range, Segment};
 use crate::media::{CameraHealth, MediaError, StreamTest, url};
-use crate::registry::{Camera, RegistryError, Source};
+use crate::registry::{Camera, RegistryError, Source, requests};
 use crate::store::StoreError;
 
 impl From<RegistryError> for ApiError {
@@ -115,25 +113,9 @@ pub(super) async fn put(
     body: axum::body::Bytes,
 ) -> Result<Json<CameraView>, ApiError> {
     who.require(ADMIN)?;
-    let mut value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
-    let password = match value.as_object_mut().and_then(|o| o.remove("password")) {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(p)) => Some(Secret::new(p)),
-        Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "password: must be a string",
-            ));
-        }
-    };
-    let settings: CameraConfig = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("{path}: {}", e.into_inner()),
-        )
-    })?;
+    let (settings, password) = requests::object(&body)
+        .and_then(|v| requests::camera(v, None))
+        .map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, p.to_string()))?;
     let camera = state.registry.put_camera(settings, password).await?;
     Ok(Json(CameraView::new(&camera, None)))
 }

@@ -33,6 +33,7 @@ use crate::outbox::Outbox;
 use crate::perception::Perception;
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::uplink::UplinkHandle;
 
 /// What handlers share.
 #[derive(Clone)]
@@ -44,6 +45,8 @@ pub struct AppState {
     pub outbox: Outbox,
     pub tokens: auth::Tokens,
     pub system: Arc<SystemInfo>,
+    /// Absent when `[mqtt]` is not configured.
+    pub uplink: Option<UplinkHandle>,
 }
 
 /// Every API route; callers reach them through [`control_router`] or [`http_router`].

@@ -17,6 +17,7 @@ use crate::media::CameraHealth;
 use crate::outbox::OutboxStatus;
 use crate::perception::sampler::SamplerStatus;
 use crate::store::{Boot, BootHistory, StoreError, StoreStatus};
+use crate::uplink::UplinkStatus;
 
 /// Facts about this run, fixed at start-up.
 #[derive(Debug)]
@@ -46,6 +47,9 @@ pub struct SystemStatus {
     pub cameras: Vec<CameraHealth>,
     pub samplers: Vec<SamplerStatus>,
     pub outbox: OutboxStatus,
+    /// Absent when `[mqtt]` is not configured.
+    #[serde(default)]
+    pub mqtt: Option<UplinkStatus>,
 }
 
 pub(super) async fn status(
@@ -67,6 +71,7 @@ pub(super) async fn status(
         cameras: state.media.health().all(),
         samplers: state.perception.samplers.status(),
         outbox: state.outbox.status().await?,
+        mqtt: state.uplink.as_ref().map(|u| u.status()),
     }))
 }
 

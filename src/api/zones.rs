@@ -10,29 +10,18 @@ use serde::{Deserialize, Serialize};
 use super::auth::{Principal, Role};
 use super::{ApiError, AppState};
 use crate::config::model::ZoneConfig;
-use crate::registry::{RegistryError, StoredZone};
+use crate::registry::{RegistryError, StoredZone, requests};
 use crate::store::StoreError;
 
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 const ADMIN: &[Role] = &[];
 
-fn parse_zone(value: serde_json::Value) -> Result<ZoneConfig, ApiError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("{path}: {}", e.into_inner()),
-        )
-    })
+fn parse_zone(value: serde_json::Value, name: Option<&str>) -> Result<ZoneConfig, ApiError> {
+    requests::zone(value, name).map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, p.to_string()))
 }
 
 fn json_value(body: &Bytes) -> Result<serde_json::Value, ApiError> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("body is not valid JSON: {e}"),
-        )
-    })
+    requests::object(body).map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, p.to_string()))
 }
 
 pub(super) async fn list(
@@ -70,7 +59,9 @@ pub(super) async fn create(
             ));
         }
     }
-    Ok(Json(state.registry.put_zone(parse_zone(value)?).await?))
+    Ok(Json(
+        state.registry.put_zone(parse_zone(value, None)?).await?,
+    ))
 }
 
 /// `PATCH /api/v1/zones/{id}`: the given keys replace the zone's.
@@ -109,7 +100,12 @@ pub(super) async fn patch(
     for (k, v) in changes {
         value[k] = v.clone();
     }
-    Ok(Json(state.registry.put_zone(parse_zone(value)?).await?))
+    Ok(Json(
+        state
+            .registry
+            .put_zone(parse_zone(value, Some(&id))?)
+            .await?,
+    ))
 }
 
 pub(super) async fn delete(

@@ -24,6 +24,9 @@ pub struct DemoArgs {
     /// Stop after this many seconds instead of waiting for Ctrl-C.
     #[arg(long, value_name = "SECS")]
     duration: Option<u64>,
+    /// Also publish to this MQTT broker, e.g. mqtt://127.0.0.1:1883 (topics under heldar/demo/).
+    #[arg(long, value_name = "URL")]
+    mqtt: Option<String>,
 }
 
 pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError> {
@@ -42,7 +45,13 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
     let config_path = dir.join("heldar.toml");
     std::fs::write(
         &config_path,
-        demo_config(&dir, &socket, args.http, &camera.url("main")),
+        demo_config(
+            &dir,
+            &socket,
+            args.http,
+            &camera.url("main"),
+            args.mqtt.as_deref(),
+        ),
     )
     .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", config_path.display())))?;
     let loaded = load_config(&config_path)?;
@@ -120,7 +129,13 @@ fn start_worker(addr: SocketAddr) -> Option<std::process::Child> {
     }
 }
 
-fn demo_config(dir: &Path, socket: &Path, http: SocketAddr, camera_url: &str) -> String {
+fn demo_config(
+    dir: &Path,
+    socket: &Path,
+    http: SocketAddr,
+    camera_url: &str,
+    mqtt: Option<&str>,
+) -> String {
     // The control group is the caller's own primary group, so the demo needs no `heldar` group.
     let group = nix::unistd::Group::from_gid(nix::unistd::getgid())
         .ok()
@@ -128,6 +143,9 @@ fn demo_config(dir: &Path, socket: &Path, http: SocketAddr, camera_url: &str) ->
         .map(|g| g.name)
         .unwrap_or_else(|| "root".into());
     let quote = |s: String| toml::Value::String(s).to_string();
+    let mqtt = mqtt
+        .map(|url| format!("[mqtt]\nurl = {}\n\n", quote(url.to_string())))
+        .unwrap_or_default();
     format!(
         "# Written by `heldar demo`: an ordinary heldar.toml.\n\
          device_id = \"demo\"\n\
@@ -139,6 +157,7 @@ fn demo_config(dir: &Path, socket: &Path, http: SocketAddr, camera_url: &str) ->
          [control]\n\
          socket = {}\n\
          group = {}\n\n\
+         {mqtt}\
          [[cameras]]\n\
          id = \"demo\"\n\
          name = \"Synthetic camera\"\n\
@@ -149,7 +168,22 @@ fn demo_config(dir: &Path, socket: &Path, http: SocketAddr, camera_url: &str) ->
          task_type = \"motion\"\n\
          profile = \"main\"\n\
          fps = 5\n\
-         width = 640\n",
+         width = 640\n\n\
+         # The ball bounces across the picture: it enters and leaves the right half and\n\
+         # crosses the middle line.\n\
+         [[zones]]\n\
+         camera = \"demo\"\n\
+         name = \"right_half\"\n\
+         kind = \"region\"\n\
+         points = [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]\n\
+         anchor = \"center\"\n\
+         dwell_seconds = 2\n\n\
+         [[zones]]\n\
+         camera = \"demo\"\n\
+         name = \"middle\"\n\
+         kind = \"line\"\n\
+         points = [[0.5, 0.0], [0.5, 1.0]]\n\
+         anchor = \"center\"\n",
         quote(dir.display().to_string()),
         quote(http.to_string()),
         quote(socket.display().to_string()),

@@ -108,6 +108,38 @@ pub fn status(s: &SystemStatus) -> String {
             "consumer", c.consumer, c.backlog
         );
     }
+    match &s.mqtt {
+        None => {
+            let _ = writeln!(out, "{:<10} not configured", "mqtt");
+        }
+        Some(m) => {
+            let since = m
+                .connected_since
+                .map(|t| format!(" since {}", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                .unwrap_or_default();
+            let puback = m
+                .last_puback_at
+                .map(|t| format!(", last PUBACK {}", t.format("%H:%M:%S")))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "{:<10} {} {}{since}{}, {} events published, {} acknowledged{puback}",
+                "mqtt",
+                m.state,
+                m.broker,
+                if m.tls { " (TLS)" } else { "" },
+                m.events_published,
+                m.events_acked
+            );
+            if let Some(e) = &m.last_error {
+                let at = m
+                    .last_error_at
+                    .map(|t| format!(" at {}", t.format("%H:%M:%S")))
+                    .unwrap_or_default();
+                let _ = writeln!(out, "{:<10} last error{at}: {e}", "mqtt");
+            }
+        }
+    }
     out
 }
 

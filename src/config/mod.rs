@@ -20,7 +20,10 @@ use std::fmt;
 
 pub use load::{BUILTIN_BOARDS, Loaded, load, load_str};
 pub use model::Config;
-pub use validate::{camera_problems, is_task_type, zone_problems};
+pub use validate::{
+    camera_problems, is_task_type, recording_problems, sampler_problems, task_problems,
+    zone_problems,
+};
 
 /// One thing wrong with a config, at a key path such as `cameras[1].segment_seconds`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -143,7 +143,8 @@ pub struct MqttConfig {
     pub password_file: Option<PathBuf>,
     #[serde(skip)]
     pub password: Option<Secret>,
-    /// CA bundle (PEM) that signed the broker's certificate; system roots are not used.
+    /// CA bundle (PEM) that signed the broker's certificate; without it, the system's CA
+    /// certificates are used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

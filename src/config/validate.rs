@@ -5,7 +5,10 @@
 
 use std::collections::HashMap;
 
-use super::model::{CameraConfig, Config, SerialConfig, SerialProtocol, ZoneConfig, ZoneKind};
+use super::model::{
+    CameraConfig, Config, RecordingConfig, SamplerConfig, SerialConfig, SerialProtocol, TaskConfig,
+    ZoneConfig, ZoneKind,
+};
 use super::rules::{Action, RelayOp, Trigger};
 use super::{Problem, is_valid_id};
 
@@ -22,6 +25,28 @@ pub fn zone_problems(zone: &ZoneConfig, cameras: &[&str]) -> Vec<Problem> {
 pub fn camera_problems(cam: &CameraConfig, serial: &[SerialConfig]) -> Vec<Problem> {
     let mut v = Validator::default();
     v.camera("", cam, serial);
+    v.problems
+}
+
+/// Problems of one task on its own (the camera must be one of `cameras`), with key names relative
+/// to the task; used for tasks added at runtime.
+pub fn task_problems(task: &TaskConfig, cameras: &[&str]) -> Vec<Problem> {
+    let mut v = Validator::default();
+    v.task(|key| key.to_string(), task, cameras);
+    v.problems
+}
+
+/// Problems of a `[recording]` section, with key names relative to it; used for runtime settings.
+pub fn recording_problems(recording: &RecordingConfig) -> Vec<Problem> {
+    let mut v = Validator::default();
+    v.recording("", recording);
+    v.problems
+}
+
+/// Problems of a `[sampler]` section, with key names relative to it; used for runtime settings.
+pub fn sampler_problems(sampler: &SamplerConfig) -> Vec<Problem> {
+    let mut v = Validator::default();
+    v.sampler("", sampler);
     v.problems
 }
 
@@ -108,18 +133,8 @@ impl Validator {
                 format!("must be at least 1m, got {}", c.outbox.max_age),
             );
         }
-        if c.recording.retention.get().as_secs() < 3600 {
-            self.fail(
-                "recording.retention",
-                format!("must be at least 1h, got {}", c.recording.retention),
-            );
-        }
-        self.range_f64(
-            "sampler.max_total_fps".into(),
-            c.sampler.max_total_fps,
-            0.5,
-            1000.0,
-        );
+        self.recording("recording.", &c.recording);
+        self.sampler("sampler.", &c.sampler);
         for (key, element) in [
             ("media.h264_decoder", &c.media.h264_decoder),
             ("media.h265_decoder", &c.media.h265_decoder),
@@ -170,6 +185,24 @@ impl Validator {
                 }
             }
         }
+    }
+
+    fn recording(&mut self, prefix: &str, r: &RecordingConfig) {
+        if r.retention.get().as_secs() < 3600 {
+            self.fail(
+                format!("{prefix}retention"),
+                format!("must be at least 1h, got {}", r.retention),
+            );
+        }
+    }
+
+    fn sampler(&mut self, prefix: &str, s: &SamplerConfig) {
+        self.range_f64(
+            format!("{prefix}max_total_fps"),
+            s.max_total_fps,
+            0.5,
+            1000.0,
+        );
     }
 
     fn cameras(&mut self, c: &Config) {
@@ -262,25 +295,10 @@ impl Validator {
 
     fn tasks(&mut self, c: &Config) {
         let mut seen = HashMap::new();
+        let cameras: Vec<&str> = c.cameras.iter().map(|cam| cam.id.as_str()).collect();
         for (i, task) in c.tasks.iter().enumerate() {
             let p = |key: &str| format!("tasks[{i}].{key}");
-            if !c.cameras.iter().any(|cam| cam.id == task.camera) {
-                self.fail(
-                    p("camera"),
-                    format!("no camera {:?} is declared", task.camera),
-                );
-            }
-            if !is_task_type(&task.task_type) {
-                self.fail(
-                    p("task_type"),
-                    format!("{:?} must match [a-z0-9_]{{1,64}}", task.task_type),
-                );
-            }
-            self.range_f64(p("fps"), task.fps, 0.1, 30.0);
-            self.range_u64(p("width"), task.width.into(), 160, 3840);
-            if !task.config.is_object() {
-                self.fail(p("config"), "must be a table");
-            }
+            self.task(p, task, &cameras);
             let key = (task.camera.as_str(), task.task_type.as_str(), task.profile);
             if let Some(first) = seen.insert(key, i) {
                 self.fail(
@@ -291,6 +309,26 @@ impl Validator {
                     ),
                 );
             }
+        }
+    }
+
+    fn task(&mut self, p: impl Fn(&str) -> String, task: &TaskConfig, cameras: &[&str]) {
+        if !cameras.contains(&task.camera.as_str()) {
+            self.fail(
+                p("camera"),
+                format!("no camera {:?} is declared", task.camera),
+            );
+        }
+        if !is_task_type(&task.task_type) {
+            self.fail(
+                p("task_type"),
+                format!("{:?} must match [a-z0-9_]{{1,64}}", task.task_type),
+            );
+        }
+        self.range_f64(p("fps"), task.fps, 0.1, 30.0);
+        self.range_u64(p("width"), task.width.into(), 160, 3840);
+        if !task.config.is_object() {
+            self.fail(p("config"), "must be a table");
         }
     }
 

@@ -36,6 +36,7 @@ use crate::perception::sampler::Samplers;
 use crate::perception::{FrameStore, Perception};
 use crate::registry::Registry;
 use crate::store::{self, Store};
+use crate::uplink::{Uplink, UplinkDeps};
 use crate::zones::ZoneEngine;
 
 /// How long services get to stop after SIGTERM before the daemon exits anyway. The systemd unit's
@@ -92,6 +93,22 @@ pub async fn run(
         samplers.clone(),
         config.workers.require_tickets,
     );
+    let uplink = config
+        .mqtt
+        .clone()
+        .map(|mqtt| {
+            Uplink::new(
+                mqtt,
+                UplinkDeps {
+                    device_id: config.device_id.clone(),
+                    registry: registry.clone(),
+                    media: media.clone(),
+                    store: store.clone(),
+                    outbox: outbox.clone(),
+                },
+            )
+        })
+        .transpose()?;
     if history.previous_clean == Some(false) {
         tracing::warn!(
             unclean_total = history.unclean,
@@ -128,6 +145,7 @@ pub async fn run(
             http_listen,
             gstreamer: gstreamer::version_string().to_string(),
         }),
+        uplink: uplink.as_ref().map(Uplink::handle),
     };
 
     let shutdown = CancellationToken::new();
@@ -167,6 +185,12 @@ pub async fn run(
         let token = shutdown.clone();
         async move { engine.run(token).await }
     });
+    if let Some(uplink) = uplink {
+        services.spawn("mqtt uplink", {
+            let token = shutdown.clone();
+            async move { uplink.run(token).await }
+        });
+    }
     services.spawn("samplers", {
         let token = shutdown.clone();
         async move { samplers.run(token).await }

@@ -139,6 +139,11 @@ impl Media {
         }
     }
 
+    /// The filesystem the recordings are on.
+    pub fn disk(&self) -> Option<retention::DiskUsage> {
+        retention::disk_usage(&self.ctx.recordings_dir)
+    }
+
     /// The retention service that keeps these recordings within their limits.
     pub fn retention(&self) -> retention::Retention {
         self.ctx.retention.clone()

@@ -350,14 +350,19 @@ impl StreamPipeline {
 
     /// Ends the recording branch with EOS so the open segment is finalized; the bus then
     /// reports the closed fragment. The EOS enters at the branch's queue, so it works whatever
-    /// state the source is in and never waits for the receive thread.
-    pub fn finish(&self) {
-        if let Some(pad) = self
+    /// state the source is in and never waits for the receive thread. Returns whether there was
+    /// a recording branch to finish (a detect-only stream has none).
+    pub fn finish(&self) -> bool {
+        match self
             .record_queue
             .as_ref()
             .and_then(|q| q.static_pad("sink"))
         {
-            pad.send_event(gst::event::Eos::new());
+            Some(pad) => {
+                pad.send_event(gst::event::Eos::new());
+                true
+            }
+            None => false,
         }
     }
 }

@@ -169,6 +169,7 @@ impl Retention {
     }
 
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut changes = self.registry.subscribe();
         loop {
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %e, "retention pass failed; trying again later");
@@ -177,6 +178,7 @@ impl Retention {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = self.nudge.notified() => {}
+                _ = changes.changed() => {}
                 _ = tokio::time::sleep(PERIOD) => {}
             }
         }
@@ -186,11 +188,18 @@ impl Retention {
     pub async fn pass(&self) -> Result<PassReport, StoreError> {
         remove_expired_clips(&self.clips_dir);
         let mut report = PassReport::default();
+        let policy = match self.registry.settings().await {
+            Ok(s) => s.recording,
+            Err(e) => {
+                tracing::warn!(error = %e, "retention: cannot read runtime settings; using heldar.toml's");
+                self.policy.clone()
+            }
+        };
         let ages: HashMap<String, i64> = match self.registry.cameras().await {
             Ok(cameras) => cameras
                 .into_iter()
                 .map(|c| {
-                    let age = c.settings.retention.unwrap_or(self.policy.retention);
+                    let age = c.settings.retention.unwrap_or(policy.retention);
                     (c.settings.id, age.get().as_millis() as i64)
                 })
                 .collect(),
@@ -199,7 +208,7 @@ impl Retention {
                 HashMap::new()
             }
         };
-        let default_age = self.policy.retention.get().as_millis() as i64;
+        let default_age = policy.retention.get().as_millis() as i64;
         let now = chrono::Utc::now().timestamp_millis();
         for camera in self.totals().await?.into_keys() {
             let cutoff = now - ages.get(&camera).copied().unwrap_or(default_age);
@@ -215,7 +224,7 @@ impl Retention {
                 add(&mut report.age, &d);
             }
         }
-        if let Some(cap) = self.policy.max_bytes.map(|b| b.bytes()) {
+        if let Some(cap) = policy.max_bytes.map(|b| b.bytes()) {
             let mut protected = HashSet::new();
             loop {
                 let totals = self.totals().await?;
@@ -243,7 +252,7 @@ impl Retention {
                 add(&mut report.cap, &d);
             }
         }
-        let floor = self.policy.min_free.bytes();
+        let floor = policy.min_free.bytes();
         let mut protected = HashSet::new();
         for _ in 0..MAX_FLOOR_STEPS {
             let free = free_bytes(&self.recordings_dir);
@@ -444,11 +453,37 @@ fn furthest_over_share(
         .map(|(camera, _)| camera.clone())
 }
 
-/// Free bytes for unprivileged writers on the filesystem holding `dir`.
-fn free_bytes(dir: &Path) -> Option<u64> {
+/// The filesystem that holds the recordings, as reported in status and MQTT stats.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct DiskUsage {
+    pub total_bytes: u64,
+    /// Free for unprivileged writers (what the daemon can still write).
+    pub free_bytes: u64,
+}
+
+impl DiskUsage {
+    pub fn used_percent(&self) -> f64 {
+        if self.total_bytes == 0 {
+            return 0.0;
+        }
+        100.0 * (self.total_bytes - self.free_bytes.min(self.total_bytes)) as f64
+            / self.total_bytes as f64
+    }
+}
+
+/// Size and free space of the filesystem holding `dir` (or its parent, before it exists).
+pub fn disk_usage(dir: &Path) -> Option<DiskUsage> {
     let target = if dir.exists() { dir } else { dir.parent()? };
     let s = nix::sys::statvfs::statvfs(target).ok()?;
-    Some(s.blocks_available() as u64 * s.fragment_size() as u64)
+    let unit = s.fragment_size() as u64;
+    Some(DiskUsage {
+        total_bytes: s.blocks() as u64 * unit,
+        free_bytes: s.blocks_available() as u64 * unit,
+    })
+}
+
+fn free_bytes(dir: &Path) -> Option<u64> {
+    disk_usage(dir).map(|d| d.free_bytes)
 }
 
 #[cfg(test)]

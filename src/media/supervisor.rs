@@ -228,21 +228,22 @@ async fn run_once(ctx: &MediaContext, plan: &StreamPlan, stop: &CancellationToke
     };
 
     // Finalize the open segment whatever ended the run: EOS into both branches, then wait for
-    // the muxer to close the file.
-    stream.finish();
-    let deadline = tokio::time::sleep(FINALIZE_TIMEOUT);
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            message = messages.next() => match message.as_ref().and_then(super::pipeline::classify) {
-                Some(PipelineEvent::FragmentClosed { path, running_time }) => {
-                    close_fragment(ctx, camera, &stream, &mut open, path, running_time).await;
+    // the muxer to close the file (a detect-only stream has nothing to finalize).
+    if stream.finish() {
+        let deadline = tokio::time::sleep(FINALIZE_TIMEOUT);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                message = messages.next() => match message.as_ref().and_then(super::pipeline::classify) {
+                    Some(PipelineEvent::FragmentClosed { path, running_time }) => {
+                        close_fragment(ctx, camera, &stream, &mut open, path, running_time).await;
+                    }
+                    // The pipeline's EOS can come before the muxer reports its last file closed.
+                    Some(PipelineEvent::Eos) if open.is_empty() => break,
+                    None => break,
+                    _ => {}
                 }
-                // The pipeline's EOS can come before the muxer reports its last file closed.
-                Some(PipelineEvent::Eos) if open.is_empty() => break,
-                None => break,
-                _ => {}
             }
         }
     }

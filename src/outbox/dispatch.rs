@@ -23,6 +23,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const POISON_ATTEMPTS: u32 = 10;
 /// Even without a wake-up, dispatchers look for records this often.
 const POLL: Duration = Duration::from_secs(1);
+/// An external consumer's cursor is written at most this often.
+const CURSOR_EVERY: Duration = Duration::from_millis(100);
 
 /// A consumer whose effect lives in this database (zone engine, serial rules).
 pub trait LocalConsumer: Send + Sync + 'static {
@@ -225,14 +227,16 @@ impl Outbox {
         let mut next_after = cursor;
         let mut current_generation = *generation.borrow();
         let mut persisted = cursor;
+        let mut persisted_at = tokio::time::Instant::now();
+        // Refill in batches, not one record per acknowledgement.
+        let refill_at = (window / 8).max(1);
         loop {
-            // Fill the window.
-            if in_flight.len() < window {
-                let room = (window - in_flight.len()) as u32;
+            let room = window - in_flight.len();
+            if room >= refill_at || (room > 0 && in_flight.is_empty()) {
                 let after = next_after;
                 match self
                     .store
-                    .read(move |c| Ok::<_, StoreError>(read_after(c, after, None, room)?))
+                    .read(move |c| Ok::<_, StoreError>(read_after(c, after, None, room as u32)?))
                     .await
                 {
                     Ok(records) => {
@@ -240,7 +244,10 @@ impl Outbox {
                             next_after = r.seq;
                             in_flight.push_back(r.seq);
                             tokio::select! {
-                                _ = shutdown.cancelled() => return,
+                                _ = shutdown.cancelled() => {
+                                    self.save_cursor(&name, persisted, cursor).await;
+                                    return;
+                                }
                                 sent = out.send((current_generation, r)) => if sent.is_err() { return },
                             }
                         }
@@ -250,23 +257,25 @@ impl Outbox {
                     }
                 }
             }
-            if persisted != cursor {
-                let (n, c) = (name.clone(), cursor);
-                if self
-                    .store
-                    .write(move |conn| Ok::<_, StoreError>(set_cursor(conn, &n, c)?))
-                    .await
-                    .is_ok()
-                {
-                    persisted = cursor;
-                }
+            // The cursor is written at most every CURSOR_EVERY: a crash repeats at most that
+            // much (at least once), and a fast consumer is not held to one commit per record.
+            if persisted != cursor && persisted_at.elapsed() >= CURSOR_EVERY {
+                persisted = self.save_cursor(&name, persisted, cursor).await;
+                persisted_at = tokio::time::Instant::now();
             }
             let full = in_flight.len() >= window;
+            let save_due = persisted != cursor;
             tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => {
+                    self.save_cursor(&name, persisted, cursor).await;
+                    return;
+                }
                 ack = acks.recv() => {
                     let Some(seq) = ack else { return };
                     acked.insert(seq);
+                    while let Ok(seq) = acks.try_recv() {
+                        acked.insert(seq);
+                    }
                     while let Some(front) = in_flight.front().copied() {
                         if !acked.remove(&front) {
                             break;
@@ -284,8 +293,28 @@ impl Outbox {
                     acked.clear();
                     next_after = cursor;
                 }
+                _ = tokio::time::sleep_until(persisted_at + CURSOR_EVERY), if save_due => {}
                 _ = wake.changed(), if !full => {}
                 _ = tokio::time::sleep(POLL), if !full => {}
+            }
+        }
+    }
+
+    /// Writes an external consumer's cursor if it moved; returns what is now persisted.
+    async fn save_cursor(&self, name: &str, persisted: i64, cursor: i64) -> i64 {
+        if persisted == cursor {
+            return persisted;
+        }
+        let n = name.to_string();
+        match self
+            .store
+            .write(move |conn| Ok::<_, StoreError>(set_cursor(conn, &n, cursor)?))
+            .await
+        {
+            Ok(()) => cursor,
+            Err(e) => {
+                tracing::warn!(consumer = %name, error = %e, "cannot save the consumer cursor");
+                persisted
             }
         }
     }

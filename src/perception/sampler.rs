@@ -154,7 +154,14 @@ impl Samplers {
                 fps: wanted[k].0,
             })
             .collect();
-        let granted = allocate(&demands, self.budget);
+        let budget = match self.registry.settings().await {
+            Ok(s) => s.sampler.max_total_fps,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read runtime settings; using heldar.toml's fps budget");
+                self.budget
+            }
+        };
+        let granted = allocate(&demands, budget);
         let mut running = self.lock();
         let stale: Vec<CameraStream> = running
             .keys()

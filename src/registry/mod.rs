@@ -9,6 +9,9 @@
 //! one transaction, and only then announces the change (a version bump on a watch channel) to the
 //! services that act on it. A refused change leaves nothing behind.
 
+pub mod requests;
+mod service;
+mod settings;
 mod tasks;
 mod zones;
 
@@ -20,12 +23,14 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::config::Config;
-use crate::config::model::{CameraConfig, SerialConfig};
+use crate::config::model::{CameraConfig, RecordingConfig, SamplerConfig, SerialConfig};
 use crate::config::secret::Secret;
 use crate::config::{Problem, camera_problems};
 use crate::store::{Store, StoreError};
 
-pub use tasks::{Task, task_id};
+pub use service::{ConfigKind, ConfigOp, Refusal, camera_object};
+pub use settings::{SECTIONS as SETTINGS_SECTIONS, Settings, SettingsValue};
+pub use tasks::{Task, task_id, task_id_parts};
 pub use zones::StoredZone;
 
 /// Who declared a camera or task.
@@ -89,7 +94,7 @@ pub enum RegistryError {
     #[error("{}", join_problems(.0))]
     Invalid(Vec<Problem>),
     #[error(
-        "camera {0:?} is declared in heldar.toml: edit the file and restart heldar to change or remove it"
+        "{0} is declared in heldar.toml: edit the file and restart heldar to change or remove it"
     )]
     FileOwned(String),
     #[error("no {0}")]
@@ -126,6 +131,9 @@ struct Inner {
     /// Passwords of file cameras, read from their `password_file` at start; never stored.
     file_secrets: RwLock<HashMap<String, Secret>>,
     serial: Vec<SerialConfig>,
+    /// The file's sections that runtime settings may override.
+    file_recording: RecordingConfig,
+    file_sampler: SamplerConfig,
     version: watch::Sender<u64>,
 }
 
@@ -191,6 +199,8 @@ impl Registry {
                 store,
                 file_secrets: RwLock::new(file_secrets),
                 serial: serial.to_vec(),
+                file_recording: config.recording.clone(),
+                file_sampler: config.sampler.clone(),
                 version,
             }),
         })
@@ -328,6 +338,11 @@ impl Registry {
     /// A receiver whose value changes after every applied change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.inner.version.subscribe()
+    }
+
+    /// How many changes were applied since start: the `version` in answers to a change.
+    pub fn version(&self) -> u64 {
+        *self.inner.version.borrow()
     }
 
     fn changed(&self) {

@@ -4,11 +4,12 @@
 //! unique because none of the three parts may contain `:`. At most one task exists per (camera,
 //! task type, profile), as in the upstream kernel.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::{Registry, RegistryError, Source};
 use crate::config::model::{StreamProfile, TaskConfig};
+use crate::config::task_problems;
 use crate::store::StoreError;
 
 /// A task as stored.
@@ -31,6 +32,14 @@ pub fn task_id(camera: &str, task_type: &str, profile: StreamProfile) -> String 
         StreamProfile::Sub => "sub",
     };
     format!("{camera}:{task_type}:{profile}")
+}
+
+/// Splits a task id into camera, task type and profile; `None` when it is not one.
+pub fn task_id_parts(id: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = id.split(':');
+    let (camera, task_type, profile) = (parts.next()?, parts.next()?, parts.next()?);
+    (parts.next().is_none() && !camera.is_empty() && !task_type.is_empty())
+        .then_some((camera, task_type, profile))
 }
 
 fn profile_str(p: StreamProfile) -> &'static str {
@@ -112,6 +121,64 @@ impl Registry {
             .map_err(RegistryError::from)
     }
 
+    /// Creates or replaces a runtime task after validating it against the cameras that exist.
+    pub async fn put_task(&self, task: TaskConfig) -> Result<Task, RegistryError> {
+        let cameras = self.cameras().await?;
+        let ids: Vec<&str> = cameras.iter().map(|c| c.id()).collect();
+        let problems = task_problems(&task, &ids);
+        if !problems.is_empty() {
+            return Err(RegistryError::Invalid(problems));
+        }
+        let id = task_id(&task.camera, &task.task_type, task.profile);
+        let owned = id.clone();
+        self.inner
+            .store
+            .write(move |c| {
+                refuse_file_task(c, &owned)?;
+                c.execute(
+                    "INSERT INTO tasks (id, camera_id, task_type, profile, fps, width, config, enabled, source)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'runtime')
+                     ON CONFLICT (id) DO UPDATE SET fps = ?5, width = ?6, config = ?7, enabled = ?8",
+                    params![
+                        owned,
+                        task.camera,
+                        task.task_type,
+                        profile_str(task.profile),
+                        task.fps,
+                        task.width,
+                        task.config.to_string(),
+                        task.enabled
+                    ],
+                )?;
+                Ok::<_, RegistryError>(())
+            })
+            .await?;
+        self.changed();
+        self.tasks()
+            .await?
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| RegistryError::NotFound(format!("task {id:?}")))
+    }
+
+    /// Removes a runtime task; workers holding its lease lose it at once.
+    pub async fn delete_task(&self, id: &str) -> Result<(), RegistryError> {
+        let owned = id.to_string();
+        self.inner
+            .store
+            .write(move |c| {
+                refuse_file_task(c, &owned)?;
+                if c.execute("DELETE FROM tasks WHERE id = ?1", [&owned])? == 0 {
+                    return Err(RegistryError::NotFound(format!("task {owned:?}")));
+                }
+                c.execute("DELETE FROM leases WHERE task_id = ?1", [&owned])?;
+                Ok(())
+            })
+            .await?;
+        self.changed();
+        Ok(())
+    }
+
     /// Tasks offered to workers: enabled, on an enabled camera with detection on.
     pub async fn active_tasks(&self) -> Result<Vec<Task>, RegistryError> {
         let cameras = self.cameras().await?;
@@ -126,4 +193,14 @@ impl Registry {
             })
             .collect())
     }
+}
+
+fn refuse_file_task(c: &Connection, id: &str) -> Result<(), RegistryError> {
+    let source: Option<String> = c
+        .query_row("SELECT source FROM tasks WHERE id = ?1", [id], |r| r.get(0))
+        .optional()?;
+    if source.as_deref() == Some("file") {
+        return Err(RegistryError::FileOwned(format!("task {id:?}")));
+    }
+    Ok(())
 }

@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_zones",
         sql: include_str!("../../migrations/0004_zones.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_uplink",
+        sql: include_str!("../../migrations/0005_uplink.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -5,6 +5,7 @@ mod daemon;
 mod durability;
 mod fixtures;
 mod media;
+mod mqtt;
 mod perception;
 mod retention;
 mod store;

@@ -1,0 +1,230 @@
+//! The config service's one entry point for a change by kind and id (invariant C2): MQTT
+//! `config/<kind>/<id>/set|delete`, the API's `/api/v1/config/...` and the CLI all come through
+//! [`Registry::apply`], so they validate, apply and answer alike.
+//!
+//! An answer carries the applied object as it is published (`config/<kind>/<id>`): secrets
+//! removed, a camera's password shown as `***` when one is set.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::{Camera, Registry, RegistryError, SETTINGS_SECTIONS, StoredZone, Task, requests};
+use crate::config::Problem;
+
+/// What can be configured by kind and id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfigKind {
+    Camera,
+    Zone,
+    Task,
+    Settings,
+}
+
+impl ConfigKind {
+    pub const ALL: [ConfigKind; 4] = [
+        ConfigKind::Camera,
+        ConfigKind::Zone,
+        ConfigKind::Task,
+        ConfigKind::Settings,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConfigKind::Camera => "camera",
+            ConfigKind::Zone => "zone",
+            ConfigKind::Task => "task",
+            ConfigKind::Settings => "settings",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ConfigKind> {
+        ConfigKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A change asked for.
+#[derive(Clone, Debug)]
+pub enum ConfigOp {
+    /// The whole desired object.
+    Set(Value),
+    Delete,
+}
+
+/// Why a change was refused, in the shape of `config/result`'s `error`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Refusal {
+    /// `bad_payload`, `invalid`, `not_found`, `file_owned`, `unknown_kind`, `store`, `internal`,
+    /// or a caller's own (`too_large`, `disabled`, `unavailable`).
+    pub code: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl Refusal {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn bad_payload(p: Problem) -> Refusal {
+        Refusal {
+            code: "bad_payload",
+            message: p.to_string(),
+            field: (!p.path.is_empty()).then_some(p.path),
+        }
+    }
+}
+
+impl From<RegistryError> for Refusal {
+    fn from(e: RegistryError) -> Refusal {
+        let message = e.to_string();
+        match e {
+            RegistryError::Invalid(problems) => Refusal {
+                code: "invalid",
+                message,
+                field: problems.first().map(|p| p.path.clone()),
+            },
+            RegistryError::FileOwned(_) => Refusal::new("file_owned", message),
+            RegistryError::NotFound(_) => Refusal::new("not_found", message),
+            RegistryError::Store(_) => Refusal::new("store", message),
+            RegistryError::Internal(_) => Refusal::new("internal", message),
+        }
+    }
+}
+
+/// How a set password is shown.
+const MASK: &str = "***";
+
+/// A camera as published: declared settings, secrets out, toggles in.
+pub fn camera_object(c: &Camera) -> Value {
+    let mut v = serde_json::to_value(&c.settings).unwrap_or_else(|_| json!({}));
+    if let Some(o) = v.as_object_mut() {
+        o.remove("password_file");
+        if c.password().is_some() {
+            o.insert("password".into(), MASK.into());
+        }
+        o.insert("enabled".into(), c.enabled.into());
+        o.insert("record".into(), c.record.into());
+        o.insert("detect".into(), c.detect.into());
+        o.insert("source".into(), json!(c.source));
+    }
+    v
+}
+
+fn zone_object(z: &StoredZone) -> Value {
+    serde_json::to_value(z).unwrap_or_else(|_| json!({}))
+}
+
+/// A task in the shape it is set with (`[[tasks]]` keys), plus its id and source.
+fn task_object(t: &Task) -> Value {
+    json!({
+        "id": t.id,
+        "camera": t.camera_id,
+        "task_type": t.task_type,
+        "profile": t.profile,
+        "fps": t.fps,
+        "width": t.width,
+        "enabled": t.enabled,
+        "config": t.config,
+        "source": t.source,
+    })
+}
+
+impl Registry {
+    /// Applies one change: decode, validate, apply atomically, persist. `Ok` holds the applied
+    /// object (`None` after a delete).
+    pub async fn apply(
+        &self,
+        kind: ConfigKind,
+        id: &str,
+        op: ConfigOp,
+    ) -> Result<Option<Value>, Refusal> {
+        match (kind, op) {
+            (ConfigKind::Camera, ConfigOp::Set(v)) => {
+                let (settings, mut password) =
+                    requests::camera(v, Some(id)).map_err(Refusal::bad_payload)?;
+                // The published object shows a password as `***`: sent back unchanged, it keeps
+                // the stored one rather than becoming the password.
+                if password.as_ref().is_some_and(|p| p.expose() == MASK) {
+                    password = self.camera(id).await?.and_then(|c| c.password().cloned());
+                }
+                Ok(Some(camera_object(
+                    &self.put_camera(settings, password).await?,
+                )))
+            }
+            (ConfigKind::Zone, ConfigOp::Set(v)) => {
+                let zone = requests::zone(v, Some(id)).map_err(Refusal::bad_payload)?;
+                Ok(Some(zone_object(&self.put_zone(zone).await?)))
+            }
+            (ConfigKind::Task, ConfigOp::Set(v)) => {
+                let task = requests::task(v, Some(id)).map_err(Refusal::bad_payload)?;
+                Ok(Some(task_object(&self.put_task(task).await?)))
+            }
+            (ConfigKind::Settings, ConfigOp::Set(v)) => {
+                let value = requests::settings(id, v).map_err(Refusal::bad_payload)?;
+                self.put_settings(value).await?;
+                Ok(self.settings_object(id).await?)
+            }
+            (ConfigKind::Camera, ConfigOp::Delete) => {
+                self.delete_camera(id).await?;
+                Ok(None)
+            }
+            (ConfigKind::Zone, ConfigOp::Delete) => {
+                self.delete_zone(id).await?;
+                Ok(None)
+            }
+            (ConfigKind::Task, ConfigOp::Delete) => {
+                self.delete_task(id).await?;
+                Ok(None)
+            }
+            (ConfigKind::Settings, ConfigOp::Delete) => {
+                self.delete_settings(id).await?;
+                Ok(self.settings_object(id).await?)
+            }
+        }
+    }
+
+    async fn settings_object(&self, section: &str) -> Result<Option<Value>, RegistryError> {
+        Ok(self
+            .configured()
+            .await?
+            .into_iter()
+            .find(|(k, id, _)| *k == ConfigKind::Settings && id == section)
+            .map(|(_, _, v)| v))
+    }
+
+    /// Every configured object as published, by kind and id.
+    pub async fn configured(&self) -> Result<Vec<(ConfigKind, String, Value)>, RegistryError> {
+        let mut out = Vec::new();
+        for c in self.cameras().await? {
+            out.push((ConfigKind::Camera, c.id().to_string(), camera_object(&c)));
+        }
+        for z in self.zones().await? {
+            out.push((ConfigKind::Zone, z.settings.name.clone(), zone_object(&z)));
+        }
+        for t in self.tasks().await? {
+            out.push((ConfigKind::Task, t.id.clone(), task_object(&t)));
+        }
+        let s = self.settings().await?;
+        for section in SETTINGS_SECTIONS {
+            let (mut value, source) = match section {
+                "recording" => (serde_json::to_value(&s.recording), s.recording_source),
+                _ => (serde_json::to_value(&s.sampler), s.sampler_source),
+            };
+            if let Ok(Value::Object(o)) = &mut value {
+                o.insert("source".into(), json!(source));
+            }
+            out.push((
+                ConfigKind::Settings,
+                section.to_string(),
+                value.unwrap_or_else(|_| json!({})),
+            ));
+        }
+        Ok(out)
+    }
+}

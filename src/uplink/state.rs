@@ -1,0 +1,431 @@
+//! Retained state: camera state, toggles, label counts, zone occupancy, the applied config and
+//! Home Assistant discovery, published retained and kept in step with the box.
+//!
+//! Each round builds the whole desired set of retained topics and publishes only the difference
+//! from what this connection already sent. A new connection starts from nothing, so everything
+//! is re-published on every (re)connect — a broker that lost its retained store gets it all back.
+//! Topics the box published before and no longer holds (a removed camera, its entities) get an
+//! empty retained message, which deletes them; the set of published topics is kept in SQLite
+//! (`mqtt_retained`) so this also holds across daemon restarts.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::QoS;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::discovery::Discovery;
+use super::events::CONSUMER;
+use super::session::{Link, Stopping, Tag};
+use crate::media::{CameraState, Media};
+use crate::outbox::Outbox;
+use crate::registry::Registry;
+use crate::store::{Store, StoreError};
+
+/// How often state is compared with what was published.
+const ROUND: Duration = Duration::from_secs(2);
+/// How often `stats` is published.
+const STATS_EVERY: Duration = Duration::from_secs(30);
+/// A label counts objects seen in a task's latest batch no older than this.
+const LIVE: Duration = Duration::from_secs(10);
+/// Topic levels under `cameras/<cam>/` that are not labels.
+const RESERVED: [&str; 4] = ["state", "snapshot", "record", "detect"];
+
+/// Where the state comes from.
+pub struct StateSource {
+    pub root: String,
+    pub registry: Registry,
+    pub media: Media,
+    pub store: Store,
+    pub outbox: Outbox,
+    pub discovery: Option<Discovery>,
+    pub started: Instant,
+}
+
+/// Wakes the state publisher early (a change was applied, Home Assistant came online).
+#[derive(Default)]
+pub struct StateNudge {
+    notify: Notify,
+    /// Discovery configs must be sent again even if unchanged.
+    rediscover: std::sync::atomic::AtomicBool,
+}
+
+impl StateNudge {
+    pub fn now(&self) {
+        self.notify.notify_one();
+    }
+
+    pub fn rediscover(&self) {
+        self.rediscover
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.notify.notify_one();
+    }
+}
+
+/// A label is usable as a topic level: no separators, wildcards or names taken by other topics.
+fn label_level(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 64
+        && !label.contains(['/', '+', '#', '\0'])
+        && !RESERVED.contains(&label)
+}
+
+impl StateSource {
+    /// Every retained topic the box should hold now, with its payload.
+    async fn desired(
+        &self,
+        published: &BTreeSet<String>,
+    ) -> anyhow::Result<BTreeMap<String, Vec<u8>>> {
+        let root = &self.root;
+        let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut put = |topic: String, v: &Value| {
+            out.insert(topic, serde_json::to_vec(v).unwrap_or_default());
+        };
+        let cameras = self.registry.cameras().await?;
+        let zones = self.registry.zones().await?;
+        let ids: Vec<String> = cameras.iter().map(|c| c.id().to_string()).collect();
+        let (labels, occupancy) = self.counts(ids.clone()).await?;
+
+        let mut raw: Vec<(String, Vec<u8>)> =
+            vec![(format!("{root}/availability"), b"online".to_vec())];
+        for c in &cameras {
+            let id = c.id();
+            let health = self.media.health().get(id);
+            let status = match (&health, c.enabled) {
+                (_, false) => CameraState::Disabled.as_str(),
+                (Some(h), true) => h.state.as_str(),
+                (None, true) => CameraState::Connecting.as_str(),
+            };
+            put(
+                format!("{root}/cameras/{id}/state"),
+                &json!({
+                    "status": status,
+                    "fps": health.as_ref().and_then(|h| h.fps).map(|f| (f * 10.0).round() / 10.0),
+                    "bitrate_kbps": health.as_ref().and_then(|h| h.bitrate_kbps).map(f64::round),
+                    "last_segment_at": health.as_ref().and_then(|h| h.last_segment_at),
+                    "reconnects": health.as_ref().map_or(0, |h| h.reconnects),
+                }),
+            );
+            for (toggle, on) in [("record", c.record), ("detect", c.detect)] {
+                raw.push((
+                    format!("{root}/cameras/{id}/{toggle}/state"),
+                    if on { b"ON".to_vec() } else { b"OFF".to_vec() },
+                ));
+            }
+            // Labels seen now, and labels published before (they go to 0, not away).
+            let prefix = format!("{root}/cameras/{id}/");
+            let mut names: BTreeSet<String> = published
+                .iter()
+                .filter_map(|t| t.strip_prefix(&prefix))
+                .filter(|rest| !rest.contains('/') && label_level(rest))
+                .map(str::to_string)
+                .collect();
+            let live = labels.get(id).cloned().unwrap_or_default();
+            names.extend(live.keys().filter(|l| label_level(l)).cloned());
+            for label in names {
+                let n = live.get(&label).copied().unwrap_or(0);
+                raw.push((format!("{prefix}{label}"), n.to_string().into_bytes()));
+                if let Some(d) = &self.discovery {
+                    let (t, v) = d.label(id, c.settings.name.as_deref().unwrap_or(id), &label);
+                    put(t, &v);
+                }
+            }
+            if let Some(d) = &self.discovery {
+                for (t, v) in d.camera(id, c.settings.name.as_deref().unwrap_or(id)) {
+                    put(t, &v);
+                }
+            }
+        }
+        for z in &zones {
+            let name = &z.settings.name;
+            let occ = occupancy
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| json!({"total": 0, "by_label": {}, "updated_at": null}));
+            put(format!("{root}/zones/{name}/occupancy"), &occ);
+            if let Some(d) = &self.discovery {
+                let (t, v) = d.zone(name);
+                put(t, &v);
+            }
+        }
+        for (kind, id, object) in self.registry.configured().await? {
+            put(format!("{root}/config/{}/{id}", kind.as_str()), &object);
+        }
+        if let Some(d) = &self.discovery {
+            for (t, v) in d.box_sensors() {
+                put(t, &v);
+            }
+        }
+        out.extend(raw);
+        Ok(out)
+    }
+
+    /// Live label counts per camera and occupancy per zone, from the database.
+    async fn counts(
+        &self,
+        cameras: Vec<String>,
+    ) -> Result<
+        (
+            HashMap<String, BTreeMap<String, u64>>,
+            HashMap<String, Value>,
+        ),
+        StoreError,
+    > {
+        let since = chrono::Utc::now().timestamp_millis() - LIVE.as_millis() as i64;
+        self.store
+            .read(move |c| {
+                let mut labels = HashMap::new();
+                let mut stmt = c.prepare_cached(
+                    "SELECT b.task_type, d.label, COUNT(*) FROM detections d
+                     JOIN detection_batches b ON b.id = d.batch_id
+                     WHERE d.batch_id IN (
+                         SELECT MAX(id) FROM detection_batches
+                         WHERE camera_id = ?1 AND ts_ms > ?2 GROUP BY task_type)
+                       AND d.label IS NOT NULL
+                     GROUP BY b.task_type, d.label",
+                )?;
+                for camera in cameras {
+                    let mut by_label: BTreeMap<String, u64> = BTreeMap::new();
+                    let rows = stmt.query_map(rusqlite::params![camera, since], |r| {
+                        Ok((r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+                    })?;
+                    // Two tasks seeing the same people are not twice the people: take the larger.
+                    for row in rows {
+                        let (label, n) = row?;
+                        let e = by_label.entry(label).or_default();
+                        *e = (*e).max(n as u64);
+                    }
+                    labels.insert(camera, by_label);
+                }
+                let mut occupancy = HashMap::new();
+                let mut stmt = c.prepare_cached(
+                    "SELECT zone_id, total, by_label, updated_at_ms FROM zone_occupancy",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?;
+                for row in rows {
+                    let (zone, total, by_label, at) = row?;
+                    let by_label: Value = serde_json::from_str(&by_label).unwrap_or(json!({}));
+                    let at = chrono::DateTime::from_timestamp_millis(at)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                    occupancy.insert(
+                        zone,
+                        json!({"total": total, "by_label": by_label, "updated_at": at}),
+                    );
+                }
+                Ok((labels, occupancy))
+            })
+            .await
+    }
+
+    async fn stats(&self, cameras: usize) -> Value {
+        let outbox = self.outbox.status().await.ok();
+        let mine = outbox
+            .as_ref()
+            .and_then(|s| s.consumers.iter().find(|c| c.consumer == CONSUMER).cloned());
+        let disk = self.media.disk();
+        json!({
+            "uptime_s": self.started.elapsed().as_secs(),
+            "outbox": {
+                "backlog": mine.as_ref().map_or(0, |c| c.backlog),
+                "oldest_age_s": mine.as_ref().and_then(|c| c.oldest_age_s),
+                "dropped": outbox.as_ref().map_or(0, |s| s.dropped),
+            },
+            "disk": disk.map(|d| json!({
+                "total_bytes": d.total_bytes,
+                "free_bytes": d.free_bytes,
+                "used_percent": (d.used_percent() * 10.0).round() / 10.0,
+            })),
+            "cameras": cameras,
+        })
+    }
+}
+
+async fn load_published(store: &Store) -> Result<BTreeSet<String>, StoreError> {
+    store
+        .read(|c| {
+            let mut stmt = c.prepare_cached("SELECT topic FROM mqtt_retained")?;
+            let rows = stmt
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            Ok::<_, StoreError>(rows)
+        })
+        .await
+}
+
+async fn save_published(
+    store: &Store,
+    added: Vec<String>,
+    removed: Vec<String>,
+) -> Result<(), StoreError> {
+    if added.is_empty() && removed.is_empty() {
+        return Ok(());
+    }
+    store
+        .write(move |c| {
+            for t in &added {
+                c.execute(
+                    "INSERT OR IGNORE INTO mqtt_retained (topic) VALUES (?1)",
+                    [t],
+                )?;
+            }
+            for t in &removed {
+                c.execute("DELETE FROM mqtt_retained WHERE topic = ?1", [t])?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+}
+
+/// Keeps the broker's retained state in step until `shutdown`.
+pub async fn run(
+    source: StateSource,
+    link: Arc<Link>,
+    nudge: Arc<StateNudge>,
+    shutdown: CancellationToken,
+) {
+    let mut published = match load_published(&source.store).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the list of retained MQTT topics");
+            BTreeSet::new()
+        }
+    };
+    let mut connection = link.connection();
+    let mut changes = source.registry.subscribe();
+    // What this connection has been sent: topic -> payload.
+    let mut sent: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut sent_on: Option<u64> = None;
+    let mut last_stats: Option<Instant> = None;
+    loop {
+        let current = *connection.borrow_and_update();
+        if current.is_some() {
+            if current != sent_on {
+                sent.clear();
+                last_stats = None;
+                sent_on = current;
+            }
+            if nudge
+                .rediscover
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+                && let Some(d) = &source.discovery
+            {
+                sent.retain(|t, _| !d.owns(t));
+            }
+            match round(
+                &source,
+                &link,
+                &mut sent,
+                &mut published,
+                &mut last_stats,
+                &shutdown,
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(RoundError::Stopping) => return,
+                Err(RoundError::Failed(e)) => {
+                    tracing::warn!(error = %e, "cannot publish MQTT state")
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = connection.changed() => {}
+            _ = changes.changed() => {}
+            _ = nudge.notify.notified() => {}
+            _ = tokio::time::sleep(ROUND) => {}
+        }
+    }
+}
+
+enum RoundError {
+    Stopping,
+    Failed(anyhow::Error),
+}
+
+impl From<Stopping> for RoundError {
+    fn from(_: Stopping) -> Self {
+        RoundError::Stopping
+    }
+}
+
+async fn round(
+    source: &StateSource,
+    link: &Link,
+    sent: &mut HashMap<String, Vec<u8>>,
+    published: &mut BTreeSet<String>,
+    last_stats: &mut Option<Instant>,
+    shutdown: &CancellationToken,
+) -> Result<(), RoundError> {
+    let desired = source
+        .desired(published)
+        .await
+        .map_err(RoundError::Failed)?;
+    let mut added = Vec::new();
+    for (topic, payload) in &desired {
+        if sent.get(topic) != Some(payload) {
+            link.publish(
+                topic,
+                QoS::AtLeastOnce,
+                true,
+                payload.clone(),
+                Tag::Other,
+                shutdown,
+            )
+            .await?;
+            sent.insert(topic.clone(), payload.clone());
+            if published.insert(topic.clone()) {
+                added.push(topic.clone());
+            }
+        }
+    }
+    let gone: Vec<String> = published
+        .iter()
+        .filter(|t| !desired.contains_key(*t))
+        .cloned()
+        .collect();
+    for topic in &gone {
+        link.publish(
+            topic,
+            QoS::AtLeastOnce,
+            true,
+            Vec::new(),
+            Tag::Other,
+            shutdown,
+        )
+        .await?;
+        sent.remove(topic);
+        published.remove(topic);
+    }
+    if let Err(e) = save_published(&source.store, added, gone).await {
+        tracing::warn!(error = %e, "cannot record the retained MQTT topics");
+    }
+    if last_stats.is_none_or(|t| t.elapsed() >= STATS_EVERY) {
+        let cameras = desired
+            .keys()
+            .filter(|t| t.starts_with(&format!("{}/config/camera/", source.root)))
+            .count();
+        let stats = source.stats(cameras).await;
+        link.publish(
+            &format!("{}/stats", source.root),
+            QoS::AtMostOnce,
+            true,
+            serde_json::to_vec(&stats).unwrap_or_default(),
+            Tag::Other,
+            shutdown,
+        )
+        .await?;
+        *last_stats = Some(Instant::now());
+    }
+    Ok(())
+}
