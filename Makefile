@@ -6,14 +6,23 @@ APT_PACKAGES := build-essential pkg-config \
 	gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools \
 	mosquitto mosquitto-clients socat openssl
+# Only the tests need these: a real browser for the maintenance page, the reference
+# OpenMetrics parser for /metrics.
+TEST_PACKAGES := chromium fonts-dejavu-core python3 python3-prometheus-client
 
 CARGO ?= cargo
 
-.PHONY: deps demo test
+.PHONY: deps test-deps install demo test
 
 deps:
+	@$(MAKE) --no-print-directory install PACKAGES="$(APT_PACKAGES)"
+
+test-deps:
+	@$(MAKE) --no-print-directory install PACKAGES="$(APT_PACKAGES) $(TEST_PACKAGES)"
+
+install:
 	@missing=""; \
-	for p in $(APT_PACKAGES); do \
+	for p in $(PACKAGES); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -27,7 +36,7 @@ deps:
 demo: deps
 	$(CARGO) run --locked -- demo
 
-test: deps
+test: test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) test --locked

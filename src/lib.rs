@@ -12,15 +12,19 @@
 //! - [`zones`]: the zone engine, a local outbox consumer;
 //! - [`uplink`]: the MQTT session, events, retained state, config over MQTT, discovery;
 //! - [`worker`]: the reference motion worker (`heldar worker motion`);
+//! - [`metrics`]: counters and histograms filled by the hot paths, read by `/metrics`;
+//! - [`audit`]: the append-only record of every change and who asked for it;
 //! - [`api`]: the loopback HTTP listener and the CLI's Unix control socket;
 //! - [`daemon`]: the composition root that builds and stops every service;
 //! - [`cli`]: the `heldar` command.
 
 pub mod api;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod media;
+pub mod metrics;
 pub mod outbox;
 pub mod perception;
 pub mod registry;

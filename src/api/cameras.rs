@@ -1,5 +1,7 @@
 //! Cameras and their recordings: `/api/v1/cameras...` and `/api/v1/health/cameras`.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -8,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Principal, Role};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, json_body, raw_body};
 
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 const OPERATE: &[Role] = &[Role::Operator];
@@ -110,9 +112,10 @@ pub(super) async fn get(
 pub(super) async fn put(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
-    body: axum::body::Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CameraView>, ApiError> {
     who.require(ADMIN)?;
+    let body = raw_body(body, super::MAX_BODY)?;
     let (settings, password) = requests::object(&body)
         .and_then(|v| requests::camera(v, None))
         .map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, p.to_string()))?;
@@ -306,9 +309,10 @@ pub(super) async fn clip(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-    Json(req): Json<ClipRequest>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ClipAnswer>, ApiError> {
     who.require(OPERATE)?;
+    let req: ClipRequest = json_body(body, super::MAX_BODY)?;
     check_id(&id)?;
     let (report, path) = state
         .media

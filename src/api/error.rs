@@ -1,6 +1,8 @@
 //! One JSON error shape for every endpoint, and the one place typed errors become status codes.
 
 use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -51,4 +53,42 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// The body, or the JSON error for a body over `limit` (the route's limit, for the message).
+pub fn raw_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            let limit = if limit >= 1 << 20 {
+                format!("{} MiB", limit >> 20)
+            } else {
+                format!("{} KiB", limit >> 10)
+            };
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit}"))
+        } else {
+            ApiError::new(e.status(), e.body_text())
+        }
+    })
+}
+
+/// Parses a JSON body with errors that name the field, as a 400 (not axum's 415/422, whose
+/// bodies are not JSON). Handlers take the raw body and call this after their role check, so
+/// a caller without the role gets 403 whatever it sent. `limit` is the route's body limit, for
+/// the message.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let bytes = raw_body(body, limit)?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = match inner.classify() {
+            serde_json::error::Category::Data if path != "." => format!("{path}: {inner}"),
+            serde_json::error::Category::Data => format!("body: {inner}"),
+            _ => format!("body is not valid JSON: {inner}"),
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    })
 }

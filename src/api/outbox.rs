@@ -1,13 +1,15 @@
 //! Tokens (`/api/v1/tokens`), the outbox's health (`/api/v1/outbox`) and its records
 //! (`/api/v1/events`).
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::auth::{NewToken, Principal, Role, TokenInfo};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, json_body};
 use crate::outbox::{self, OutboxStatus, Record};
 use crate::store::StoreError;
 
@@ -23,9 +25,10 @@ pub(super) struct TokenRequest {
 pub(super) async fn create_token(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
-    Json(req): Json<TokenRequest>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<NewToken>, ApiError> {
     who.require(ADMIN)?;
+    let req: TokenRequest = json_body(body, super::MAX_BODY)?;
     let name = req.name.unwrap_or_else(|| req.role.as_str().to_string());
     if name.trim().is_empty() || name.len() > 64 {
         return Err(ApiError::new(

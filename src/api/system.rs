@@ -13,7 +13,9 @@ use super::auth::{Principal, Role};
 use super::{ApiError, AppState};
 
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
-use crate::media::CameraHealth;
+use crate::daemon::logging::LogLine;
+use crate::media::retention::DiskUsage;
+use crate::media::{CameraHealth, CameraState};
 use crate::outbox::OutboxStatus;
 use crate::perception::sampler::SamplerStatus;
 use crate::store::{Boot, BootHistory, StoreError, StoreStatus};
@@ -50,6 +52,9 @@ pub struct SystemStatus {
     /// Absent when `[mqtt]` is not configured.
     #[serde(default)]
     pub mqtt: Option<UplinkStatus>,
+    /// The file system that holds the recordings; absent when it cannot be read.
+    #[serde(default)]
+    pub disk: Option<DiskUsage>,
 }
 
 pub(super) async fn status(
@@ -72,7 +77,16 @@ pub(super) async fn status(
         samplers: state.perception.samplers.status(),
         outbox: state.outbox.status().await?,
         mqtt: state.uplink.as_ref().map(|u| u.status()),
+        disk: state.media.disk(),
     }))
+}
+
+/// `GET /api/v1/logs`: the daemon's recent warnings and errors, oldest first.
+pub(super) async fn logs(
+    Extension(who): Extension<Principal>,
+) -> Result<Json<Vec<LogLine>>, ApiError> {
+    who.require(VIEW)?;
+    Ok(Json(crate::daemon::logging::recent()))
 }
 
 /// Alive: the runtime answers.
@@ -80,18 +94,44 @@ pub(super) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready: the store accepts a write within a second.
+/// Ready: the store accepts a write within a second, and when cameras are enabled at least one
+/// of them delivers video (recording, or streaming for detection only).
 pub(super) async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
     let probe = state.store.write(|_| Ok::<_, StoreError>(()));
     match tokio::time::timeout(Duration::from_secs(1), probe).await {
-        Ok(Ok(())) => Ok("ready\n"),
-        Ok(Err(e)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("store not writable: {e}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store not writable: no commit within 1s",
-        )),
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("store not writable: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store not writable: no commit within 1s",
+            ));
+        }
     }
+    let enabled: Vec<CameraHealth> = state
+        .media
+        .health()
+        .all()
+        .into_iter()
+        .filter(|c| c.state != CameraState::Disabled)
+        .collect();
+    let delivering = enabled
+        .iter()
+        .any(|c| matches!(c.state, CameraState::Recording | CameraState::Streaming));
+    if !enabled.is_empty() && !delivering {
+        let states: Vec<String> = enabled
+            .iter()
+            .map(|c| format!("{} {}", c.camera_id, c.state.as_str()))
+            .collect();
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("no camera is recording ({})", states.join(", ")),
+        ));
+    }
+    Ok("ready\n")
 }

@@ -11,9 +11,12 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use std::time::Instant;
+
 use super::auth::{Principal, Role};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, json_body};
 use crate::config::model::StreamProfile;
+use crate::metrics::INSTRUMENTS;
 use crate::perception::{
     IngestAnswer, IngestBody, LeaseAnswer, LeaseBody, PerceptionError, WorkerTask,
 };
@@ -38,40 +41,13 @@ impl From<PerceptionError> for ApiError {
 
 const WORKER: &[Role] = &[Role::Worker];
 
-/// Parses a JSON body with errors that name the field, as a 400 (not axum's 422).
-fn json_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let bytes = body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("body over {} MiB", MAX_INGEST_BODY >> 20),
-            )
-        } else {
-            ApiError::new(e.status(), e.body_text())
-        }
-    })?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let message = match inner.classify() {
-            serde_json::error::Category::Data if path != "." => format!("{path}: {inner}"),
-            serde_json::error::Category::Data => format!("body: {inner}"),
-            _ => format!("body is not valid JSON: {inner}"),
-        };
-        ApiError::new(StatusCode::BAD_REQUEST, message)
-    })
-}
-
 pub(super) async fn lease(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<LeaseAnswer>, ApiError> {
     who.require(WORKER)?;
-    let body: LeaseBody = json_body(body)?;
+    let body: LeaseBody = json_body(body, super::MAX_BODY)?;
     Ok(Json(state.perception.lease(&who, body).await?))
 }
 
@@ -146,8 +122,22 @@ pub(super) async fn ingest(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<IngestAnswer>, ApiError> {
     who.require(WORKER)?;
-    let body: IngestBody = json_body(body)?;
-    Ok(Json(state.perception.ingest(&who, body).await?))
+    let started = Instant::now();
+    let answer = match json_body::<IngestBody>(body, MAX_INGEST_BODY) {
+        Ok(body) => state
+            .perception
+            .ingest(&who, body)
+            .await
+            .map_err(ApiError::from),
+        Err(e) => Err(e),
+    };
+    let (outcome, stored) = match &answer {
+        Ok(a) if a.duplicate == Some(true) => ("duplicate", 0),
+        Ok(a) => ("stored", a.detections_ingested),
+        Err(_) => ("refused", 0),
+    };
+    INSTRUMENTS.observe_ingest(outcome, stored, started.elapsed());
+    Ok(Json(answer?))
 }
 
 /// Embeddings are not offered: a 404 tells upstream workers to stop asking.

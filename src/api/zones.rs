@@ -1,6 +1,7 @@
 //! Zones, their events and occupancy: `/api/v1/cameras/{id}/zones...`, `/api/v1/zones/{id}`.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -8,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{Principal, Role};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, raw_body};
 use crate::config::model::ZoneConfig;
 use crate::registry::{RegistryError, StoredZone, requests};
 use crate::store::StoreError;
@@ -20,8 +21,9 @@ fn parse_zone(value: serde_json::Value, name: Option<&str>) -> Result<ZoneConfig
     requests::zone(value, name).map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, p.to_string()))
 }
 
-fn json_value(body: &Bytes) -> Result<serde_json::Value, ApiError> {
-    requests::object(body).map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, p.to_string()))
+fn json_value(body: Result<Bytes, BytesRejection>) -> Result<serde_json::Value, ApiError> {
+    let body = raw_body(body, super::MAX_BODY)?;
+    requests::object(&body).map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, p.to_string()))
 }
 
 pub(super) async fn list(
@@ -45,10 +47,10 @@ pub(super) async fn create(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(camera): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<StoredZone>, ApiError> {
     who.require(ADMIN)?;
-    let mut value = json_value(&body)?;
+    let mut value = json_value(body)?;
     match value.get("camera") {
         None => value["camera"] = camera.clone().into(),
         Some(c) if c == &serde_json::Value::String(camera.clone()) => {}
@@ -69,10 +71,10 @@ pub(super) async fn patch(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<StoredZone>, ApiError> {
     who.require(ADMIN)?;
-    let changes = json_value(&body)?;
+    let changes = json_value(body)?;
     let Some(changes) = changes.as_object() else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,

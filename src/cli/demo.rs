@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::client::Client;
 use super::{CliError, load_config, runtime};
+use crate::api::auth::{NewToken, Role};
 use crate::daemon;
 use crate::media::synthetic::{SyntheticCamera, SyntheticSpec};
 
@@ -82,6 +84,7 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
         None => println!("  stop with Ctrl-C"),
     }
     let (ready, addr) = tokio::sync::oneshot::channel();
+    let client = Client::new(Some(socket.clone()));
     let overrides = daemon::Overrides {
         socket: Some(socket),
         stop_after: args.duration.map(Duration::from_secs),
@@ -91,8 +94,16 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
     let rt = runtime()?;
     let worker = rt.spawn(async move {
         let addr = addr.await.ok()?;
-        println!("  web             http://{addr}/");
-        start_worker(addr)
+        // Auth stays on, as on a box: the page gets an operator token (snapshots need one) in
+        // the link's fragment (never sent to the server), the worker a worker token.
+        let page = demo_token(&client, Role::Operator).await?;
+        let worker = demo_token(&client, Role::Worker).await?;
+        println!("  web             http://{addr}/#token={}", page.token);
+        println!(
+            "  metrics         curl -H 'Authorization: Bearer {}' http://{addr}/metrics",
+            page.token
+        );
+        start_worker(addr, &worker.token)
     });
     let result = rt.block_on(daemon::run(loaded.config, loaded.board_source, overrides));
     if let Ok(Some(mut child)) = rt.block_on(worker) {
@@ -107,8 +118,25 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
     Ok(ExitCode::SUCCESS)
 }
 
+async fn demo_token(client: &Client, role: Role) -> Option<NewToken> {
+    let body = serde_json::json!({ "role": role, "name": format!("demo {}", role.as_str()) });
+    match client
+        .call(hyper::Method::POST, "/api/v1/tokens", Some(body))
+        .await
+    {
+        Ok(t) => Some(t),
+        Err(CliError::BadInput(e) | CliError::Failed(e)) => {
+            eprintln!(
+                "error: cannot create the demo's {} token: {e}",
+                role.as_str()
+            );
+            None
+        }
+    }
+}
+
 /// The reference motion worker, as its own process, as on a box.
-fn start_worker(addr: SocketAddr) -> Option<std::process::Child> {
+fn start_worker(addr: SocketAddr, token: &str) -> Option<std::process::Child> {
     let exe = std::env::current_exe().ok()?;
     match std::process::Command::new(exe)
         .args([
@@ -119,6 +147,8 @@ fn start_worker(addr: SocketAddr) -> Option<std::process::Child> {
             "--api",
             &format!("http://{addr}"),
         ])
+        // In the environment, not the arguments, so `ps` does not show it.
+        .env("HELDAR_API_KEY", token)
         .spawn()
     {
         Ok(child) => Some(child),
@@ -153,7 +183,7 @@ fn demo_config(
          data_dir = {}\n\n\
          [http]\n\
          listen = {}\n\
-         auth = false\n\n\
+         auth = true\n\n\
          [control]\n\
          socket = {}\n\
          group = {}\n\n\

@@ -1,4 +1,4 @@
-//! `heldar token`, `heldar outbox status` and `heldar events tail`.
+//! `heldar token`, `heldar outbox status`, `heldar events tail` and `heldar audit`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use hyper::Method;
 use super::client::Client;
 use super::{CliError, render, runtime};
 use crate::api::auth::{NewToken, Role, TokenInfo};
+use crate::audit::AuditEntry;
 use crate::outbox::{OutboxStatus, Record};
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +84,21 @@ pub fn outbox_status(client: Client, json: bool) -> Result<ExitCode, CliError> {
         );
     } else {
         print!("{}", render::outbox(&status));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `heldar audit`.
+pub fn audit(client: Client, limit: u32, json: bool) -> Result<ExitCode, CliError> {
+    let entries: Vec<AuditEntry> =
+        runtime()?.block_on(client.get(&format!("/api/v1/audit?limit={limit}")))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).map_err(|e| CliError::Failed(e.to_string()))?
+        );
+    } else {
+        print!("{}", render::audit(&entries));
     }
     Ok(ExitCode::SUCCESS)
 }

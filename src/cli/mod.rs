@@ -108,6 +108,12 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Who changed what, newest first (HTTP, CLI and MQTT changes alike).
+    Audit {
+        /// How many entries.
+        #[arg(long, short = 'n', default_value_t = 50)]
+        limit: u32,
+    },
     /// Inference workers that speak the worker contract.
     Worker {
         #[command(subcommand)]
@@ -276,6 +282,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Outbox {
             command: OutboxCommand::Status,
         } => events::outbox_status(client::Client::new(cli.socket), cli.json),
+        Command::Audit { limit } => events::audit(client::Client::new(cli.socket), limit, cli.json),
         Command::Events {
             command:
                 EventsCommand::Tail {

@@ -140,6 +140,48 @@ pub fn status(s: &SystemStatus) -> String {
             }
         }
     }
+    match &s.disk {
+        Some(d) => {
+            let _ = writeln!(
+                out,
+                "{:<10} {} free of {} ({:.0} % used)",
+                "disk",
+                bytes(d.free_bytes),
+                bytes(d.total_bytes),
+                d.used_percent()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "{:<10} cannot read the recordings file system", "disk");
+        }
+    }
+    out
+}
+
+/// `heldar audit`: newest first, one change per line.
+pub fn audit(entries: &[crate::audit::AuditEntry]) -> String {
+    let mut out = String::new();
+    if entries.is_empty() {
+        out.push_str("no changes recorded yet\n");
+        return out;
+    }
+    for e in entries {
+        let result = if e.ok() { "ok" } else { "refused" };
+        let detail = e
+            .detail
+            .as_deref()
+            .map(|d| format!(": {d}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{}  {:<10} {:<24} {} -> {} {result}{detail}",
+            time(e.at_ms),
+            e.actor,
+            e.source,
+            e.action,
+            e.status
+        );
+    }
     out
 }
 

@@ -170,9 +170,12 @@ pub async fn run(
         let router = api::http_router(state.clone(), config.http.auth);
         let token = shutdown.clone();
         async move {
-            axum::serve(http, router)
-                .with_graceful_shutdown(async move { token.cancelled().await })
-                .await?;
+            axum::serve(
+                http,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await?;
             Ok(())
         }
     });

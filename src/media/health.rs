@@ -25,6 +25,16 @@ pub enum CameraState {
 }
 
 impl CameraState {
+    /// Every state, for exporters that report each one (0 or 1) so alerts can match on absence.
+    pub const ALL: [CameraState; 6] = [
+        CameraState::Connecting,
+        CameraState::Recording,
+        CameraState::Streaming,
+        CameraState::Offline,
+        CameraState::Error,
+        CameraState::Disabled,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CameraState::Connecting => "connecting",

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_uplink",
         sql: include_str!("../../migrations/0005_uplink.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_audit",
+        sql: include_str!("../../migrations/0006_audit.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -30,6 +30,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
+use crate::metrics::INSTRUMENTS;
 
 /// Queue slots; beyond this, callers wait (then get `Busy`) instead of growing memory.
 pub(super) const QUEUE_CAPACITY: usize = 8192;
@@ -242,10 +243,11 @@ fn group(
         let commit_started = Instant::now();
         match conn.execute_batch("COMMIT") {
             Ok(()) => {
-                stats.last_commit_us.store(
-                    commit_started.elapsed().as_micros() as u64,
-                    Ordering::Relaxed,
-                );
+                let took = commit_started.elapsed();
+                stats
+                    .last_commit_us
+                    .store(took.as_micros() as u64, Ordering::Relaxed);
+                INSTRUMENTS.store_commit_seconds.observe(took.as_secs_f64());
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats
                     .jobs_committed

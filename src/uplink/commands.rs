@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{Inbound, Link, Stopping, Tag};
 use super::state::StateNudge;
+use crate::audit::{self, AuditEntry};
 use crate::media::Media;
 use crate::registry::{ConfigKind, ConfigOp, Refusal, Registry, Toggle, requests};
+use crate::store::Store;
 
 /// Payloads above this are refused unread (a config object is a few KiB).
 pub const MAX_PAYLOAD: usize = 256 * 1024;
@@ -25,6 +27,8 @@ pub struct Commands {
     pub config_topics: bool,
     pub registry: Registry,
     pub media: Media,
+    /// For the audit trail of changes made over MQTT.
+    pub store: Store,
     pub link: Arc<Link>,
     pub nudge: Arc<StateNudge>,
 }
@@ -123,6 +127,19 @@ impl Commands {
                 return Ok(());
             }
         };
+        audit::append(
+            &self.store,
+            AuditEntry {
+                id: 0,
+                at_ms: chrono::Utc::now().timestamp_millis(),
+                actor: "mqtt".into(),
+                source: m.topic.clone(),
+                action: format!("mqtt {rest}"),
+                status: if answer.outcome.is_ok() { 200 } else { 400 },
+                detail: answer.outcome.as_ref().err().map(|r| r.message.clone()),
+            },
+        )
+        .await;
         self.answer(answer, shutdown).await
     }
 

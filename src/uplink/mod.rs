@@ -150,6 +150,7 @@ impl Uplink {
             config_topics: self.config.config_topics,
             registry: self.deps.registry,
             media: self.deps.media,
+            store: self.deps.store,
             link,
             nudge,
         };

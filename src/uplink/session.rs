@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rumqttc::{
@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::model::MqttConfig;
 use crate::config::secret::redact_url;
+use crate::metrics::INSTRUMENTS;
 use crate::outbox::Acker;
 
 /// Largest packet accepted from the broker. Command payloads above the uplink's own limit are
@@ -72,8 +73,8 @@ pub struct UplinkStatus {
 struct Tracker {
     /// Tags of publishes requested and not yet written, in request order.
     queued: VecDeque<Tag>,
-    /// Written and not yet acknowledged, by packet id.
-    inflight: HashMap<u16, Tag>,
+    /// Written and not yet acknowledged, by packet id, with when it was written.
+    inflight: HashMap<u16, (Tag, Instant)>,
 }
 
 /// The publishing side of the session, shared by the uplink's tasks.
@@ -345,7 +346,7 @@ fn handle(link: &Link, acker: &Acker, inbound: &mpsc::Sender<Inbound>, event: Ev
             let mut t = link.tracker.lock().unwrap_or_else(|e| e.into_inner());
             match t.queued.pop_front() {
                 Some(tag) => {
-                    t.inflight.insert(pkid, tag);
+                    t.inflight.insert(pkid, (tag, Instant::now()));
                 }
                 None => {
                     tracing::error!(pkid, "MQTT publish written that the uplink did not request")
@@ -359,8 +360,12 @@ fn handle(link: &Link, acker: &Acker, inbound: &mpsc::Sender<Inbound>, event: Ev
                 .unwrap_or_else(|e| e.into_inner())
                 .inflight
                 .remove(&ack.pkid);
-            if let Some(Tag::Record(seq)) = tag {
+            if let Some((Tag::Record(seq), written)) = tag {
                 acker.ack(seq);
+                INSTRUMENTS.mqtt_acks.inc();
+                INSTRUMENTS
+                    .mqtt_publish_seconds
+                    .observe(written.elapsed().as_secs_f64());
                 link.with_status(|s| {
                     s.events_acked += 1;
                     s.last_puback_at = Some(Utc::now());

@@ -333,6 +333,10 @@ fn post_batch(api: &Api, body: &serde_json::Value) -> Posted {
             }
             Err(e) => tracing::warn!(error = %e, "cannot post; retrying the same batch"),
         }
+        if STOP.load(Ordering::SeqCst) {
+            // Stopping: the batch is dropped like any frame not yet posted.
+            return Posted::Done;
+        }
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(Duration::from_secs(15));
     }

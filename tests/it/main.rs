@@ -1,9 +1,11 @@
 //! Integration tests: one binary, real SQLite files, real daemon processes.
 
+mod cli_golden;
 mod config;
 mod daemon;
 mod durability;
 mod fixtures;
+mod maintenance;
 mod media;
 mod mqtt;
 mod perception;

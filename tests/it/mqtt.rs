@@ -714,6 +714,7 @@ fn config_over_mqtt_applies_good_changes_and_refuses_bad_ones_untouched() {
         ("config/zone/door/set", br#"{"request_id": "b21", "camera": "gate", "kind": "region", "points": [[0,0],[1,0],[1,1]], "surprise": 1}"#.to_vec(), "bad_payload", Some("surprise")),
     ];
     assert!(cases.len() >= 15);
+    let bad_cases = cases.len();
     for (i, (topic, payload, code, field)) in cases.into_iter().enumerate() {
         let n = sub.all().len();
         sub.publish(&format!("heldar/test/{topic}"), payload);
@@ -772,6 +773,28 @@ fn config_over_mqtt_applies_good_changes_and_refuses_bad_ones_untouched() {
         )
         .is_some()
     );
+
+    // Every change asked over MQTT is in the audit trail, refused ones with their reason.
+    let out = d.cli(&["--json", "audit", "--limit", "1000"]);
+    let audit: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mqtt: Vec<&serde_json::Value> = audit.iter().filter(|r| r["actor"] == "mqtt").collect();
+    let refused = mqtt.iter().filter(|r| r["status"] == 400).count();
+    assert!(
+        refused >= bad_cases,
+        "{refused} refusals audited of {bad_cases}"
+    );
+    assert!(
+        mqtt.iter()
+            .all(|r| r["status"] == 200 || r["detail"].is_string()),
+        "{mqtt:?}"
+    );
+    assert!(
+        mqtt.iter()
+            .any(|r| r["action"] == "mqtt config/zone/door/delete"
+                && r["source"] == "heldar/test/config/zone/door/delete"
+                && r["status"] == 200)
+    );
+    assert!(!out.stdout.windows(7).any(|w| w == b"hunter2"));
 }
 
 #[test]

@@ -1,0 +1,108 @@
+//! The audit middleware and `GET /api/v1/audit` (what `heldar audit` prints).
+//!
+//! Every change asked over HTTP or the control socket (any method but GET/HEAD/OPTIONS) leaves
+//! exactly one row, written before the answer goes out, including refusals (401, 403, 4xx) so a
+//! probing client shows up too. The worker contract (`/api/v1/ai/...`) is data, not change: its
+//! posts arrive many times a second and are already recorded with their provenance, so they are
+//! not audited.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::{Extension, Json};
+use serde::Deserialize;
+
+use super::auth::{Principal, Role};
+use super::control::Peer;
+use super::{ApiError, AppState};
+use crate::audit::{self, AuditEntry};
+
+/// Error bodies longer than this are not kept in the audit row (ours are a line).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+fn is_change(method: &Method, path: &str) -> bool {
+    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        && !path.starts_with("/api/v1/ai/")
+}
+
+/// Where a request came from: the client address on TCP, the peer's uid on the socket.
+fn source_of(request: &Request) -> String {
+    if let Some(ConnectInfo(addr)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        return addr.ip().to_string();
+    }
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>() {
+        return match peer.pid {
+            Some(pid) => format!("control socket (uid {}, pid {pid})", peer.uid),
+            None => format!("control socket (uid {})", peer.uid),
+        };
+    }
+    "unknown".into()
+}
+
+/// Middleware: records every change with its outcome. Runs outside authentication, so the
+/// principal is read from the response (the auth layers put it there).
+pub(super) async fn record(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if !is_change(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
+    let action = format!("{} {}", request.method(), request.uri().path());
+    let source = source_of(&request);
+    let response = next.run(request).await;
+    let actor = response
+        .extensions()
+        .get::<Principal>()
+        .map_or_else(|| "anonymous".to_string(), |p| p.credential.clone());
+    let status = response.status();
+    let (response, detail) = if status.is_client_error() || status.is_server_error() {
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
+        let detail = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(300).collect());
+        (Response::from_parts(parts, Body::from(bytes)), Some(detail))
+    } else {
+        (response, None)
+    };
+    audit::append(
+        &state.store,
+        AuditEntry {
+            id: 0,
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            actor,
+            source,
+            action,
+            status: status.as_u16(),
+            detail,
+        },
+    )
+    .await;
+    response
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct AuditQuery {
+    limit: Option<u32>,
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Extension(who): Extension<Principal>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    who.require(&[] as &[Role])?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 10_000);
+    Ok(Json(
+        state.store.read(move |c| audit::latest(c, limit)).await?,
+    ))
+}

@@ -1,0 +1,96 @@
+//! Event-driven instruments: the counters and histograms that only the code doing the work can
+//! fill (ingest answers, store commits, MQTT acknowledgements).
+//!
+//! Everything else in `/metrics` (camera state, outbox lag, disk) is read from the owning
+//! service when Prometheus scrapes (see `api::metrics`), so there is one source of truth per
+//! figure and nothing to keep in step. These instruments are process-wide because they are
+//! touched from hot paths owned by different modules, and one daemon runs per process.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+/// How an ingest request ended, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IngestOutcome {
+    /// `stored`, `duplicate` or `refused`.
+    pub outcome: &'static str,
+}
+
+/// The process-wide instruments.
+pub struct Instruments {
+    pub ingest_requests: Family<IngestOutcome, Counter>,
+    pub ingest_detections: Counter,
+    pub ingest_seconds: Histogram,
+    pub store_commit_seconds: Histogram,
+    pub mqtt_acks: Counter,
+    pub mqtt_publish_seconds: Histogram,
+}
+
+/// Latency buckets from 0.5 ms to about 8 s: commits on flash take milliseconds, a stalled
+/// broker takes seconds, and both must be visible.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 15)
+}
+
+pub static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
+    ingest_requests: Family::default(),
+    ingest_detections: Counter::default(),
+    ingest_seconds: Histogram::new(latency_buckets()),
+    store_commit_seconds: Histogram::new(latency_buckets()),
+    mqtt_acks: Counter::default(),
+    mqtt_publish_seconds: Histogram::new(latency_buckets()),
+});
+
+impl Instruments {
+    pub fn observe_ingest(&self, outcome: &'static str, detections: usize, took: Duration) {
+        self.ingest_requests
+            .get_or_create(&IngestOutcome { outcome })
+            .inc();
+        self.ingest_detections.inc_by(detections as u64);
+        self.ingest_seconds.observe(took.as_secs_f64());
+    }
+
+    /// Adds the instruments to a scrape's registry. The metrics are shared handles, so the
+    /// scrape reads the live values.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "heldar_ingest_requests",
+            "Worker event posts answered, by outcome",
+            self.ingest_requests.clone(),
+        );
+        registry.register(
+            "heldar_ingest_detections",
+            "Detections stored durably",
+            self.ingest_detections.clone(),
+        );
+        registry.register_with_unit(
+            "heldar_ingest_latency",
+            "Time from a worker's post to its answer (after the commit)",
+            Unit::Seconds,
+            self.ingest_seconds.clone(),
+        );
+        registry.register_with_unit(
+            "heldar_store_commit_latency",
+            "Duration of one group commit of the store writer",
+            Unit::Seconds,
+            self.store_commit_seconds.clone(),
+        );
+        registry.register(
+            "heldar_mqtt_acks",
+            "Outbox records acknowledged by the MQTT broker",
+            self.mqtt_acks.clone(),
+        );
+        registry.register_with_unit(
+            "heldar_mqtt_publish_latency",
+            "Time from writing a QoS 1 publish to its PUBACK",
+            Unit::Seconds,
+            self.mqtt_publish_seconds.clone(),
+        );
+    }
+}
