@@ -8,11 +8,11 @@ APT_PACKAGES := build-essential pkg-config \
 	mosquitto mosquitto-clients socat openssl
 # Only the tests need these: a real browser for the maintenance page, the reference
 # OpenMetrics parser for /metrics.
-TEST_PACKAGES := chromium fonts-dejavu-core python3 python3-prometheus-client
+TEST_PACKAGES := chromium fonts-dejavu-core python3 python3-prometheus-client systemd
 
 CARGO ?= cargo
 
-.PHONY: deps test-deps install demo test
+.PHONY: deps test-deps install demo test deb ship-test
 
 deps:
 	@$(MAKE) --no-print-directory install PACKAGES="$(APT_PACKAGES)"
@@ -40,3 +40,12 @@ test: test-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) test --locked
+
+# Packaging and ARM: slow (see cross/*.sh for how long), so not part of `make test`.
+deb: deps
+	cross/deb.sh amd64
+
+ship-test: deps
+	cross/deb-test.sh
+	cross/build.sh aarch64
+	cross/test.sh aarch64

@@ -129,7 +129,15 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate a config file with its board profile and print the effective config.
-    Check { path: PathBuf },
+    Check {
+        path: PathBuf,
+        /// Print nothing when the config is valid (the unit's ExecStartPre uses it).
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Print the systemd drop-in the board profile implies (MemoryMax); the package's systemd
+    /// generator writes it next to heldar.service at boot and on daemon-reload.
+    Systemd { path: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,9 +240,12 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         }
         Command::Demo(args) => demo::run(args, cli.socket),
         Command::Config {
-            command: ConfigCommand::Check { path },
+            command: ConfigCommand::Check { path, quiet },
         } => {
             let loaded = load_config(&path)?;
+            if quiet {
+                return Ok(ExitCode::SUCCESS);
+            }
             if cli.json {
                 println!(
                     "{}",
@@ -248,6 +259,17 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
                     path.display()
                 );
                 print!("{}", loaded.config.to_toml());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config {
+            command: ConfigCommand::Systemd { path },
+        } => {
+            let loaded = load_config(&path)?;
+            println!("# Written by heldar-generator from {}", path.display());
+            println!("[Service]");
+            if let Some(max) = loaded.config.limits.memory_max {
+                println!("MemoryMax={}", max.bytes());
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -9,10 +9,23 @@ use super::{ConfigError, Problem, validate};
 
 /// Board profiles compiled into the binary, so a box always has the profile its binary was tested
 /// with. A file `board-configs/<name>.toml` next to `heldar.toml` takes precedence.
-pub const BUILTIN_BOARDS: &[(&str, &str)] = &[(
-    "generic-x86_64",
-    include_str!("../../board-configs/generic-x86_64.toml"),
-)];
+pub const BUILTIN_BOARDS: &[(&str, &str)] = &[
+    (
+        "generic-x86_64",
+        include_str!("../../board-configs/generic-x86_64.toml"),
+    ),
+    (
+        "generic-arm64",
+        include_str!("../../board-configs/generic-arm64.toml"),
+    ),
+    ("rpi4", include_str!("../../board-configs/rpi4.toml")),
+    ("rpi5", include_str!("../../board-configs/rpi5.toml")),
+    ("rk3588", include_str!("../../board-configs/rk3588.toml")),
+    (
+        "jetson-orin",
+        include_str!("../../board-configs/jetson-orin.toml"),
+    ),
+];
 
 /// Top-level keys that describe one installation, not a kind of board.
 const NOT_IN_BOARD: &[&str] = &["device_id", "board", "cameras", "tasks", "zones", "rules"];
@@ -189,6 +202,15 @@ fn resolve_paths(config: &mut Config, base_dir: &Path) {
     };
     resolve(&mut config.data_dir);
     resolve(&mut config.control.socket);
+    // A bare name is a port of the board profile; validation names the ones it has when not.
+    for s in &mut config.serial {
+        let name = s.device.to_string_lossy().into_owned();
+        if !name.contains('/')
+            && let Some(device) = config.serial_ports.get(&name)
+        {
+            s.device = device.clone();
+        }
+    }
     if let Some(m) = &mut config.mqtt {
         for p in [
             &mut m.password_file,

@@ -4,6 +4,7 @@
 //! contract these names follow. Unknown keys are errors (`deny_unknown_fields`), so a typo never
 //! silently falls back to a default. Range checks and cross-references live in `validate.rs`.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -40,6 +41,10 @@ pub struct Config {
     pub tasks: Vec<TaskConfig>,
     pub zones: Vec<ZoneConfig>,
     pub serial: Vec<SerialConfig>,
+    /// Names for the board's serial devices (`rs485 = "/dev/ttyAMA0"`), set by board profiles
+    /// so `[[serial]] device = "rs485"` works on every box of a kind whatever its device path.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub serial_ports: BTreeMap<String, PathBuf>,
     pub rules: Vec<RuleConfig>,
 }
 
@@ -63,6 +68,7 @@ impl Default for Config {
             tasks: Vec::new(),
             zones: Vec::new(),
             serial: Vec::new(),
+            serial_ports: BTreeMap::new(),
             rules: Vec::new(),
         }
     }

@@ -410,10 +410,37 @@ impl Validator {
                 .enumerate()
                 .map(|(i, s)| (format!("serial[{i}].name"), s.name.as_str())),
         );
+        for (name, device) in &c.serial_ports {
+            if !device.is_absolute() {
+                self.fail(
+                    format!("serial_ports.{name}"),
+                    format!(
+                        "must be an absolute device path, got {:?}",
+                        device.display().to_string()
+                    ),
+                );
+            }
+        }
         let mut io_boards = 0;
         for (i, s) in c.serial.iter().enumerate() {
             let p = |key: &str| format!("serial[{i}].{key}");
             self.id(p("name"), &s.name);
+            if !s.device.is_absolute() {
+                let known: Vec<&str> = c.serial_ports.keys().map(String::as_str).collect();
+                self.fail(
+                    p("device"),
+                    format!(
+                        "{:?} is neither an absolute path nor a port of the board profile \
+                         (serial_ports: {})",
+                        s.device.display().to_string(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
             self.range_u64(p("baud"), s.baud.into(), 300, 4_000_000);
             if !matches!(s.stop_bits, 1 | 2) {
                 self.fail(

@@ -23,7 +23,7 @@ fn bad_configs_name_the_key_and_exit_2() {
     let cases: Vec<(String, &str)> = vec![
         (
             "colour = \"red\"".into(),
-            "error: colour: unknown key (expected one of device_id, data_dir, board, log_level, http, control, mqtt, outbox, recording, media, sampler, workers, limits, cameras, tasks, zones, serial, rules)",
+            "error: colour: unknown key (expected one of device_id, data_dir, board, log_level, http, control, mqtt, outbox, recording, media, sampler, workers, limits, cameras, tasks, zones, serial, serial_ports, rules)",
         ),
         (
             format!("{CAM}fps = 5"),
@@ -77,7 +77,7 @@ fn bad_configs_name_the_key_and_exit_2() {
         ),
         (
             "board = \"no-such-board\"".into(),
-            "error: board: no board profile \"no-such-board\": not in DIR/board-configs and not built in (built-in: generic-x86_64)",
+            "error: board: no board profile \"no-such-board\": not in DIR/board-configs and not built in (built-in: generic-x86_64, generic-arm64, rpi4, rpi5, rk3588, jetson-orin)",
         ),
         (
             "[mqtt]\nurl = \"mqtt://127.0.0.1\"\nusername = \"edge\"\npassword_file = \"missing.txt\"".into(),

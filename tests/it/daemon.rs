@@ -83,7 +83,7 @@ fn sigkill_is_recorded_as_an_unclean_stop_and_the_stale_socket_replaced() {
 #[test]
 fn a_second_daemon_on_the_same_socket_is_refused() {
     let first = Daemon::start("").ready();
-    let out = Command::new(heldar_bin())
+    let out = crate::fixtures::heldar_command()
         .args(["run", "--config"])
         .arg(first.config_path())
         .output()

@@ -14,9 +14,25 @@ pub fn heldar_bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_heldar"))
 }
 
+/// The `heldar` binary as a command. Under `cross/test.sh` the tests themselves run in
+/// qemu-user, which cannot exec a foreign binary on its own: `HELDAR_TEST_RUNNER` (the qemu
+/// command line) is put in front.
+pub fn heldar_command() -> Command {
+    let runner = std::env::var("HELDAR_TEST_RUNNER").unwrap_or_default();
+    let mut parts = runner.split_whitespace();
+    match parts.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(parts).arg(heldar_bin());
+            c
+        }
+        None => Command::new(heldar_bin()),
+    }
+}
+
 /// Runs `heldar` with `args` to completion.
 pub fn heldar(args: &[&str]) -> Output {
-    Command::new(heldar_bin())
+    heldar_command()
         .args(args)
         .env_remove("HELDAR_SOCKET")
         .output()
@@ -87,7 +103,7 @@ impl Daemon {
 
     /// Starts (again) the daemon on this dir's config.
     pub fn spawn(&mut self, env: &[(&str, &str)]) {
-        let mut cmd = Command::new(heldar_bin());
+        let mut cmd = heldar_command();
         cmd.args(["run", "--config"])
             .arg(self.config_path())
             .env_remove("HELDAR_SOCKET")
@@ -173,7 +189,7 @@ impl Daemon {
 
     /// `heldar --socket <this daemon's socket> args...`
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(heldar_bin())
+        heldar_command()
             .arg("--socket")
             .arg(self.socket())
             .args(args)

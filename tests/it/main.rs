@@ -10,5 +10,6 @@ mod media;
 mod mqtt;
 mod perception;
 mod retention;
+mod ship;
 mod store;
 mod zones;

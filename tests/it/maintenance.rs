@@ -421,7 +421,7 @@ fn metrics_parse_as_openmetrics_and_carry_every_family() {
 /// Runs `heldar demo` on a free port; returns the child, the page URL with its token, and the
 /// control socket.
 fn start_demo(dir: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(heldar_bin())
+    let mut child = crate::fixtures::heldar_command()
         .args([
             "demo",
             "--http",
@@ -476,7 +476,7 @@ fn the_page_logs_in_with_a_token_and_shows_the_camera_zones_and_live_events() {
     let socket = dir.path().join("demo/heldar.sock");
     // Wait for zone events, so the page has something live to show.
     wait_for(Duration::from_secs(60), || {
-        let out = Command::new(heldar_bin())
+        let out = crate::fixtures::heldar_command()
             .arg("--socket")
             .arg(&socket)
             .args(["--json", "events", "tail", "--kind", "zone", "-n", "5"])

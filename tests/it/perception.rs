@@ -478,7 +478,7 @@ fn ball_to_sampler_to_motion_worker_to_detections() {
     let http = Http::new(&d);
     let worker_token = token(&d, "worker");
     let viewer = token(&d, "viewer");
-    let mut worker = std::process::Command::new(crate::fixtures::heldar_bin())
+    let mut worker = crate::fixtures::heldar_command()
         .args([
             "worker",
             "motion",

@@ -143,7 +143,7 @@ fn a_moving_ball_crosses_a_line_on_schedule() {
     let d = Daemon::start(&config).ready();
     let http = Http::new(&d);
     let (worker_token, viewer) = (token(&d, "worker"), token(&d, "viewer"));
-    let mut worker = std::process::Command::new(crate::fixtures::heldar_bin())
+    let mut worker = crate::fixtures::heldar_command()
         .args([
             "worker",
             "motion",
