@@ -7,8 +7,10 @@ APT_PACKAGES := build-essential pkg-config \
 	gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-rtsp gstreamer1.0-tools \
 	mosquitto mosquitto-clients socat openssl
 # Only the tests need these: a real browser for the maintenance page, the reference
-# OpenMetrics parser for /metrics.
-TEST_PACKAGES := chromium fonts-dejavu-core python3 python3-prometheus-client systemd
+# OpenMetrics parser for /metrics, systemd-analyze for the units, and an independent Modbus RTU
+# slave (pymodbus) for the serial tests.
+TEST_PACKAGES := chromium fonts-dejavu-core python3 python3-prometheus-client systemd \
+	python3-pymodbus python3-serial python3-serial-asyncio
 
 CARGO ?= cargo
 

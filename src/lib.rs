@@ -11,6 +11,7 @@
 //! - [`outbox`]: the append-only log and its consumers' cursors;
 //! - [`zones`]: the zone engine, a local outbox consumer;
 //! - [`uplink`]: the MQTT session, events, retained state, config over MQTT, discovery;
+//! - [`serial`]: the alarm I/O board (Modbus RTU), PTZ (Pelco-D) and the rules driving them;
 //! - [`worker`]: the reference motion worker (`heldar worker motion`);
 //! - [`metrics`]: counters and histograms filled by the hot paths, read by `/metrics`;
 //! - [`audit`]: the append-only record of every change and who asked for it;
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod perception;
 pub mod registry;
+pub mod serial;
 pub mod store;
 pub mod uplink;
 pub mod worker;

@@ -11,6 +11,7 @@ pub mod auth;
 mod cameras;
 pub mod control;
 mod error;
+mod io;
 mod metrics;
 mod outbox;
 mod page;
@@ -39,6 +40,7 @@ use crate::media::Media;
 use crate::outbox::Outbox;
 use crate::perception::Perception;
 use crate::registry::Registry;
+use crate::serial::Serial;
 use crate::store::Store;
 use crate::uplink::UplinkHandle;
 
@@ -54,6 +56,7 @@ pub struct AppState {
     pub system: Arc<SystemInfo>,
     /// Absent when `[mqtt]` is not configured.
     pub uplink: Option<UplinkHandle>,
+    pub serial: Serial,
 }
 
 /// Bodies of JSON requests other than worker posts: far above any camera or zone definition,
@@ -150,6 +153,9 @@ fn api_routes() -> Router<AppState> {
         .route("/api/v1/outbox", get(outbox::status))
         .route("/api/v1/events", get(outbox::events))
         .route("/api/v1/audit", get(audit::list))
+        .route("/api/v1/io", get(io::status))
+        .route("/api/v1/io/relays/{n}", post(io::relay))
+        .route("/api/v1/cameras/{id}/ptz", post(io::ptz))
         .route("/api/v1/logs", get(system::logs))
         .route("/metrics", get(metrics::scrape))
 }

@@ -9,6 +9,7 @@ mod cameras;
 mod client;
 mod demo;
 mod events;
+mod io;
 mod recordings;
 mod render;
 mod zones;
@@ -107,6 +108,17 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// Alarm inputs and relays of the serial I/O board.
+    Io {
+        #[command(subcommand)]
+        command: io::IoCommand,
+    },
+    /// PTZ cameras over serial (Pelco-D).
+    Ptz {
+        camera: String,
+        #[command(subcommand)]
+        action: io::PtzAction,
     },
     /// Who changed what, newest first (HTTP, CLI and MQTT changes alike).
     Audit {
@@ -304,6 +316,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Outbox {
             command: OutboxCommand::Status,
         } => events::outbox_status(client::Client::new(cli.socket), cli.json),
+        Command::Io { command } => io::io(command, client::Client::new(cli.socket), cli.json),
+        Command::Ptz { camera, action } => {
+            io::ptz(&camera, action, client::Client::new(cli.socket), cli.json)
+        }
         Command::Audit { limit } => events::audit(client::Client::new(cli.socket), limit, cli.json),
         Command::Events {
             command:

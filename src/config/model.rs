@@ -550,6 +550,12 @@ pub struct SerialConfig {
     /// An input must hold its new state this long before it counts as a change.
     #[serde(default = "default_debounce")]
     pub debounce: Duration,
+    /// Names of the inputs in order (`["front door", "hall PIR"]`), carried in `alarm` events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub input_names: Vec<String>,
+    /// How long a request may wait for the slave's answer.
+    #[serde(default = "default_response_timeout")]
+    pub response_timeout: Duration,
 }
 
 fn default_baud() -> u32 {
@@ -566,6 +572,10 @@ fn default_stop_bits() -> u8 {
 
 fn default_poll_interval() -> Duration {
     Duration::from_millis(200)
+}
+
+fn default_response_timeout() -> Duration {
+    Duration::from_millis(500)
 }
 
 fn default_debounce() -> Duration {

@@ -461,6 +461,12 @@ impl Validator {
                         Some(u) => self.range_u64(p("unit"), u.into(), 1, 247),
                     }
                     self.range_u64(p("inputs"), s.inputs.into(), 0, 2000);
+                    if s.input_names.len() > usize::from(s.inputs) {
+                        self.fail(
+                            p("input_names"),
+                            format!("{} names for {} inputs", s.input_names.len(), s.inputs),
+                        );
+                    }
                     self.range_u64(p("relays"), s.relays.into(), 0, 2000);
                     if s.poll_interval.get().as_millis() < 20 {
                         self.fail(

@@ -35,6 +35,7 @@ use crate::outbox::Outbox;
 use crate::perception::sampler::Samplers;
 use crate::perception::{FrameStore, Perception};
 use crate::registry::Registry;
+use crate::serial::Serial;
 use crate::store::{self, Store};
 use crate::uplink::{Uplink, UplinkDeps};
 use crate::zones::ZoneEngine;
@@ -93,6 +94,8 @@ pub async fn run(
         samplers.clone(),
         config.workers.require_tickets,
     );
+    let (serial, serial_tasks) =
+        Serial::new(&config, store.clone(), outbox.clone(), registry.clone());
     let uplink = config
         .mqtt
         .clone()
@@ -105,6 +108,7 @@ pub async fn run(
                     media: media.clone(),
                     store: store.clone(),
                     outbox: outbox.clone(),
+                    serial: serial.clone(),
                 },
             )
         })
@@ -146,6 +150,7 @@ pub async fn run(
             gstreamer: gstreamer::version_string().to_string(),
         }),
         uplink: uplink.as_ref().map(Uplink::handle),
+        serial: serial.clone(),
     };
 
     let shutdown = CancellationToken::new();
@@ -194,6 +199,10 @@ pub async fn run(
             async move { uplink.run(token).await }
         });
     }
+    services.spawn("serial", {
+        let token = shutdown.clone();
+        async move { serial_tasks.run(token).await }
+    });
     services.spawn("samplers", {
         let token = shutdown.clone();
         async move { samplers.run(token).await }

@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_audit",
         sql: include_str!("../../migrations/0006_audit.sql"),
     },
+    Migration {
+        version: 7,
+        name: "0007_serial",
+        sql: include_str!("../../migrations/0007_serial.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -13,8 +13,10 @@ use tokio_util::sync::CancellationToken;
 use super::session::{Inbound, Link, Stopping, Tag};
 use super::state::StateNudge;
 use crate::audit::{self, AuditEntry};
+use crate::config::rules::RelayOp;
 use crate::media::Media;
 use crate::registry::{ConfigKind, ConfigOp, Refusal, Registry, Toggle, requests};
+use crate::serial::{PtzCommand, Serial};
 use crate::store::Store;
 
 /// Payloads above this are refused unread (a config object is a few KiB).
@@ -29,6 +31,7 @@ pub struct Commands {
     pub media: Media,
     /// For the audit trail of changes made over MQTT.
     pub store: Store,
+    pub serial: Serial,
     pub link: Arc<Link>,
     pub nudge: Arc<StateNudge>,
 }
@@ -53,6 +56,16 @@ struct Answer {
     kind: String,
     id: String,
     outcome: Result<Option<Value>, Refusal>,
+}
+
+/// The `config/result` error code of a serial failure.
+fn serial_code(e: &crate::serial::SerialError) -> &'static str {
+    use crate::serial::SerialError as E;
+    match e {
+        E::NotConfigured(_) | E::Unavailable(_) | E::Device(_) | E::Store(_) => "unavailable",
+        E::UnknownCamera(_) => "not_found",
+        E::NoSuchRelay { .. } | E::NoPtz(_) | E::BadCommand(_) => "invalid",
+    }
 }
 
 /// `request_id` as sent (string or number), or null.
@@ -104,24 +117,8 @@ impl Commands {
             }
             ["cameras", camera, toggle, "set"] => self.toggle(camera, toggle, &m.payload).await,
             ["cmd", "snapshot", camera] => return self.snapshot(camera, shutdown).await,
-            ["cmd", "relay", n, "set"] => Answer {
-                request_id: Value::Null,
-                kind: "relay".into(),
-                id: (*n).into(),
-                outcome: Err(Refusal::new(
-                    "unavailable",
-                    "relay outputs are not supported by this version of heldar",
-                )),
-            },
-            ["cmd", "ptz", camera] => Answer {
-                request_id: request_id(&m.payload),
-                kind: "ptz".into(),
-                id: (*camera).into(),
-                outcome: Err(Refusal::new(
-                    "unavailable",
-                    "PTZ control is not supported by this version of heldar",
-                )),
-            },
+            ["cmd", "relay", n, "set"] => self.relay(n, &m.payload).await,
+            ["cmd", "ptz", camera] => self.ptz(camera, &m.payload).await,
             _ => {
                 tracing::debug!(topic = %m.topic, "ignoring a message on an unknown topic");
                 return Ok(());
@@ -241,6 +238,86 @@ impl Commands {
             request_id: Value::Null,
             kind: "toggle".into(),
             id: format!("{camera}/{toggle}"),
+            outcome,
+        }
+    }
+
+    /// `cmd/relay/<n>/set` with `ON`, `OFF` or `PULSE <ms>`.
+    async fn relay(&self, n: &str, payload: &[u8]) -> Answer {
+        let outcome = async {
+            let relay: u16 = n.parse().map_err(|_| Refusal {
+                code: "bad_payload",
+                message: format!("relay {n:?} is not a number"),
+                field: Some("relay".into()),
+            })?;
+            let text = String::from_utf8_lossy(payload).trim().to_ascii_uppercase();
+            let op = match text.split_whitespace().collect::<Vec<_>>().as_slice() {
+                ["ON"] => RelayOp::On,
+                ["OFF"] => RelayOp::Off,
+                ["PULSE", ms] => match ms.parse::<u64>() {
+                    Ok(ms @ 1..=3_600_000) => {
+                        RelayOp::Pulse(crate::config::units::Duration::from_millis(ms))
+                    }
+                    _ => {
+                        return Err(Refusal {
+                            code: "bad_payload",
+                            message: format!("PULSE needs 1..3600000 ms, got {ms:?}"),
+                            field: Some("pulse".into()),
+                        });
+                    }
+                },
+                _ => {
+                    return Err(Refusal {
+                        code: "bad_payload",
+                        message: "payload must be ON, OFF or PULSE <ms>".into(),
+                        field: Some("state".into()),
+                    });
+                }
+            };
+            self.serial
+                .relay(relay, op)
+                .await
+                .map_err(|e| Refusal::new(serial_code(&e), e.to_string()))?;
+            Ok(Some(json!({ "relay": relay, "done": op.to_string() })))
+        }
+        .await;
+        Answer {
+            request_id: Value::Null,
+            kind: "relay".into(),
+            id: n.into(),
+            outcome,
+        }
+    }
+
+    /// `cmd/ptz/<cam>` with `{action, pan?, tilt?, zoom?, preset?}`.
+    async fn ptz(&self, camera: &str, payload: &[u8]) -> Answer {
+        let outcome = async {
+            if payload.len() > MAX_PAYLOAD {
+                return Err(Refusal::new("too_large", "payload over the limit"));
+            }
+            let command: PtzCommand = serde_json::from_slice::<Value>(payload)
+                .map_err(|e| Refusal::new("bad_payload", format!("not JSON: {e}")))
+                .and_then(|mut v| {
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("request_id");
+                    }
+                    serde_json::from_value(v).map_err(|e| Refusal {
+                        code: "bad_payload",
+                        message: e.to_string(),
+                        field: Some("action".into()),
+                    })
+                })?;
+            self.serial
+                .ptz(camera, command)
+                .await
+                .map_err(|e| Refusal::new(serial_code(&e), e.to_string()))?;
+            Ok(Some(json!({ "camera": camera, "sent": command })))
+        }
+        .await;
+        Answer {
+            request_id: request_id(payload),
+            kind: "ptz".into(),
+            id: camera.into(),
             outcome,
         }
     }

@@ -28,6 +28,7 @@ use crate::config::model::MqttConfig;
 use crate::media::Media;
 use crate::outbox::Outbox;
 use crate::registry::Registry;
+use crate::serial::Serial;
 use crate::store::Store;
 
 /// Records in flight (published, not yet acknowledged) at most.
@@ -55,6 +56,8 @@ pub struct UplinkDeps {
     pub media: Media,
     pub store: Store,
     pub outbox: Outbox,
+    /// Relay and PTZ commands go to the serial devices.
+    pub serial: Serial,
 }
 
 /// Builds the uplink from `[mqtt]`; a config that cannot work (unreadable CA file) is an error
@@ -151,6 +154,7 @@ impl Uplink {
             registry: self.deps.registry,
             media: self.deps.media,
             store: self.deps.store,
+            serial: self.deps.serial,
             link,
             nudge,
         };

@@ -10,6 +10,7 @@ mod media;
 mod mqtt;
 mod perception;
 mod retention;
+mod serial;
 mod ship;
 mod store;
 mod zones;

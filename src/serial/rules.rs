@@ -1,0 +1,231 @@
+//! `[[rules]]`: zone and alarm events driving relays and PTZ presets, exactly once per event.
+//!
+//! Two halves. The *consumer* is a local outbox consumer: for each record it writes one
+//! `rule_actions` row per matching rule in the transaction that advances its cursor, so a record
+//! decides its actions exactly once whatever crashes. The *executor* carries out pending rows:
+//! a relay pulse is marked done in the same transaction that stores the pulse's end (the I/O
+//! board then drives the relay from `relay_pulses`), so a pulse is never given twice; on, off
+//! and PTZ goto are idempotent, so the one repeat a crash between doing and marking can cause
+//! changes nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::Serial;
+use super::modbus::schedule_pulse;
+use super::pelco::PtzCommand;
+use crate::config::model::RuleConfig;
+use crate::config::rules::{Action, RelayOp, Trigger};
+use crate::outbox::{LocalConsumer, Record};
+use crate::store::{Store, StoreError};
+
+pub const CONSUMER: &str = "rules";
+
+/// A rule as the config wrote it, parsed (validation already refused bad ones).
+#[derive(Clone, Debug)]
+struct Rule {
+    trigger: Trigger,
+    action: String,
+}
+
+fn parse(rules: &[RuleConfig]) -> Vec<Rule> {
+    rules
+        .iter()
+        .filter_map(|r| {
+            Some(Rule {
+                trigger: r.on.parse().ok()?,
+                action: r.action.clone(),
+            })
+        })
+        .collect()
+}
+
+fn matches(trigger: &Trigger, r: &Record) -> bool {
+    match trigger {
+        Trigger::Zone { zone, event } => {
+            r.kind == "zone" && r.r#type == event.as_str() && r.payload["zone"] == zone.as_str()
+        }
+        Trigger::Alarm { input, active } => {
+            r.kind == "alarm"
+                && r.r#type == "alarm_in"
+                && r.payload["input"] == *input
+                && r.payload["active"] == *active
+        }
+    }
+}
+
+/// The consumer half.
+pub struct RulesConsumer {
+    rules: Vec<Rule>,
+    wake: Arc<Notify>,
+}
+
+impl RulesConsumer {
+    pub fn new(rules: &[RuleConfig], wake: Arc<Notify>) -> RulesConsumer {
+        RulesConsumer {
+            rules: parse(rules),
+            wake,
+        }
+    }
+}
+
+impl LocalConsumer for RulesConsumer {
+    fn name(&self) -> &str {
+        CONSUMER
+    }
+
+    fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), String> {
+        let now = chrono::Utc::now().timestamp_millis();
+        for r in records {
+            for (i, rule) in self.rules.iter().enumerate() {
+                if matches(&rule.trigger, r) {
+                    c.execute(
+                        "INSERT OR IGNORE INTO rule_actions (record_seq, rule, action, created_at_ms)
+                         VALUES (?1, ?2, ?3, ?4)",
+                        params![r.seq, i as i64, rule.action, now],
+                    )
+                    .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn committed(&self) {
+        self.wake.notify_one();
+    }
+}
+
+struct Pending {
+    id: i64,
+    action: String,
+}
+
+/// The executor half.
+pub struct RulesExecutor {
+    pub store: Store,
+    pub serial: Serial,
+    pub wake: Arc<Notify>,
+}
+
+impl RulesExecutor {
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self.pending().await {
+                Ok(pending) => {
+                    for p in pending {
+                        self.execute(p).await;
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "cannot read pending rule actions"),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        self.store
+            .read(|c| {
+                let mut stmt = c.prepare(
+                    "SELECT id, action FROM rule_actions WHERE done_at_ms IS NULL ORDER BY id LIMIT 100",
+                )?;
+                let rows = stmt.query_map([], |r| {
+                    Ok(Pending {
+                        id: r.get(0)?,
+                        action: r.get(1)?,
+                    })
+                })?;
+                Ok::<_, StoreError>(rows.collect::<Result<_, _>>()?)
+            })
+            .await
+    }
+
+    async fn finish(&self, id: i64, result: String) {
+        let done = self
+            .store
+            .write(move |c| {
+                c.execute(
+                    "UPDATE rule_actions SET done_at_ms = ?1, result = ?2 WHERE id = ?3 AND done_at_ms IS NULL",
+                    params![chrono::Utc::now().timestamp_millis(), result, id],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .await;
+        if let Err(e) = done {
+            tracing::error!(id, error = %e, "cannot mark a rule action done");
+        }
+    }
+
+    async fn execute(&self, p: Pending) {
+        let action: Action = match p.action.parse() {
+            Ok(a) => a,
+            Err(e) => {
+                self.finish(p.id, format!("error: {e}")).await;
+                return;
+            }
+        };
+        let result = match action {
+            Action::Relay {
+                relay,
+                op: RelayOp::Pulse(d),
+            } => {
+                if let Err(e) = self.serial.check_relay(relay) {
+                    Err(e.to_string())
+                } else {
+                    // Done and the pulse's end in one transaction: given once, crash or not.
+                    let until = chrono::Utc::now().timestamp_millis() + d.get().as_millis() as i64;
+                    let id = p.id;
+                    let stored = self
+                        .store
+                        .write(move |c| {
+                            let changed = c.execute(
+                                "UPDATE rule_actions SET done_at_ms = ?1, result = 'ok' WHERE id = ?2 AND done_at_ms IS NULL",
+                                params![chrono::Utc::now().timestamp_millis(), id],
+                            )?;
+                            if changed == 1 {
+                                schedule_pulse(c, relay, until)?;
+                            }
+                            Ok::<_, StoreError>(())
+                        })
+                        .await;
+                    match stored {
+                        Ok(()) => {
+                            self.serial.sync_pulses();
+                            tracing::info!(action = %p.action, "rule fired");
+                            return;
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            }
+            Action::Relay { relay, op } => self
+                .serial
+                .relay(relay, op)
+                .await
+                .map_err(|e| e.to_string()),
+            Action::PtzGoto { camera, preset } => self
+                .serial
+                .ptz(&camera, PtzCommand::Goto { preset })
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(action = %p.action, "rule fired");
+                self.finish(p.id, "ok".into()).await;
+            }
+            Err(e) => {
+                tracing::warn!(action = %p.action, error = %e, "rule action failed");
+                self.finish(p.id, format!("error: {e}")).await;
+            }
+        }
+    }
+}
