@@ -6,7 +6,10 @@
 //! posts arrive many times a second and are already recorded with their provenance, so they are
 //! not audited.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -23,6 +26,38 @@ use crate::audit::{self, AuditEntry};
 
 /// Error bodies longer than this are not kept in the audit row (ours are a line).
 const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// Refused requests without a valid token are audited one by one up to this many per client
+/// address in [`ANONYMOUS_WINDOW`]; beyond it one warning says they are being dropped, so a
+/// client hammering the API cannot grow the append-only table without bound.
+const ANONYMOUS_PER_WINDOW: u32 = 100;
+const ANONYMOUS_WINDOW: Duration = Duration::from_secs(600);
+
+/// Counts anonymous audit rows per client address.
+#[derive(Clone, Default)]
+pub struct AnonymousLimit(Arc<Mutex<HashMap<String, (u32, Instant)>>>);
+
+impl AnonymousLimit {
+    /// Whether another anonymous row from `source` may be written.
+    fn admit(&self, source: &str) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() > 4096 {
+            map.retain(|_, (_, since)| since.elapsed() < ANONYMOUS_WINDOW);
+        }
+        let entry = map.entry(source.to_string()).or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= ANONYMOUS_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+        if entry.0 == ANONYMOUS_PER_WINDOW + 1 {
+            tracing::warn!(
+                client = source,
+                "too many refused anonymous changes from one client: no longer audited one by one for 10 minutes"
+            );
+        }
+        entry.0 <= ANONYMOUS_PER_WINDOW
+    }
+}
 
 fn is_change(method: &Method, path: &str) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
@@ -60,6 +95,9 @@ pub(super) async fn record(
         .extensions()
         .get::<Principal>()
         .map_or_else(|| "anonymous".to_string(), |p| p.credential.clone());
+    if actor == "anonymous" && !state.anonymous_audit.admit(&source) {
+        return response;
+    }
     let status = response.status();
     let (response, detail) = if status.is_client_error() || status.is_server_error() {
         let (parts, body) = response.into_parts();

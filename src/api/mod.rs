@@ -6,7 +6,7 @@
 //! mapping from typed errors to HTTP status codes, and the control socket's access check.
 //! Input here is untrusted: every handler validates before it calls into another module.
 
-mod audit;
+pub mod audit;
 pub mod auth;
 mod cameras;
 pub mod control;
@@ -57,6 +57,7 @@ pub struct AppState {
     /// Absent when `[mqtt]` is not configured.
     pub uplink: Option<UplinkHandle>,
     pub serial: Serial,
+    pub anonymous_audit: audit::AnonymousLimit,
 }
 
 /// Bodies of JSON requests other than worker posts: far above any camera or zone definition,

@@ -556,6 +556,29 @@ pub struct SerialConfig {
     /// How long a request may wait for the slave's answer.
     #[serde(default = "default_response_timeout")]
     pub response_timeout: Duration,
+    /// RS-485 line timing; absent for adapters that switch direction by themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rs485: Option<Rs485Config>,
+}
+
+/// RS-485 timing: half-duplex transceivers must be switched between sending and receiving.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rs485Config {
+    /// Have the kernel drive RTS as the transmitter enable (TIOCSRS485): for UARTs wired to a
+    /// transceiver's DE pin (Raspberry Pi HATs); USB adapters usually switch by themselves.
+    #[serde(default)]
+    pub kernel_rts: bool,
+    /// With `kernel_rts`: RTS raised this long before the first bit (whole milliseconds).
+    #[serde(default)]
+    pub rts_before_send: Duration,
+    /// With `kernel_rts`: RTS held this long after the last bit (whole milliseconds).
+    #[serde(default)]
+    pub rts_after_send: Duration,
+    /// Quiet time after an answer before the next request, for slaves slow to turn their
+    /// transceiver around.
+    #[serde(default)]
+    pub turnaround: Duration,
 }
 
 fn default_baud() -> u32 {

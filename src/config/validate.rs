@@ -442,6 +442,25 @@ impl Validator {
                 );
             }
             self.range_u64(p("baud"), s.baud.into(), 300, 4_000_000);
+            if let Some(rs) = &s.rs485 {
+                for (key, d) in [
+                    ("rs485.rts_before_send", rs.rts_before_send),
+                    ("rs485.rts_after_send", rs.rts_after_send),
+                    ("rs485.turnaround", rs.turnaround),
+                ] {
+                    if d.get() > std::time::Duration::from_secs(1) {
+                        self.fail(p(key), format!("must be at most 1s, got {d}"));
+                    }
+                }
+                if !rs.kernel_rts
+                    && (!rs.rts_before_send.get().is_zero() || !rs.rts_after_send.get().is_zero())
+                {
+                    self.fail(
+                        p("rs485.kernel_rts"),
+                        "RTS delays need kernel_rts = true (the kernel applies them)",
+                    );
+                }
+            }
             if !matches!(s.stop_bits, 1 | 2) {
                 self.fail(
                     p("stop_bits"),

@@ -151,6 +151,7 @@ pub async fn run(
         }),
         uplink: uplink.as_ref().map(Uplink::handle),
         serial: serial.clone(),
+        anonymous_audit: Default::default(),
     };
 
     let shutdown = CancellationToken::new();

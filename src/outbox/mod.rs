@@ -226,6 +226,22 @@ impl Outbox {
         self.head.send_modify(|v| *v += 1);
     }
 
+    /// Gives `consumer` a cursor at the newest record if it has none yet, so it starts with
+    /// what happens from now on (for consumers whose effects should not replay history).
+    pub async fn start_at_head(&self, consumer: &str) -> Result<(), StoreError> {
+        let consumer = consumer.to_string();
+        self.store
+            .write(move |c| {
+                if cursor(c, &consumer)?.is_none() {
+                    let head: i64 =
+                        c.query_row("SELECT COALESCE(MAX(seq), 0) FROM outbox", [], |r| r.get(0))?;
+                    set_cursor(c, &consumer, head)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+    }
+
     /// Appends one record in a transaction of its own.
     pub async fn publish(&self, rec: NewRecord) -> Result<i64, StoreError> {
         let seq = self

@@ -206,10 +206,11 @@ impl Serial {
             .map_err(|_| SerialError::Unavailable("the I/O board task is stopping".into()))?
     }
 
-    /// Tells the board that `relay_pulses` changed (a rule's pulse).
-    pub fn sync_pulses(&self) {
+    /// Tells the board that `relay_pulses` changed (a rule's pulse). Waits for room in the
+    /// board's queue rather than dropping the wake-up.
+    pub async fn sync_pulses(&self) {
         if let Some(b) = &self.inner.board {
-            let _ = b.requests.try_send(modbus::IoRequest::SyncPulses);
+            let _ = b.requests.send(modbus::IoRequest::SyncPulses).await;
         }
     }
 
@@ -259,6 +260,9 @@ impl SerialTasks {
             tracker.spawn(bus.run(shutdown.clone()));
         }
         if let Some((consumer, executor)) = self.rules {
+            // Rules act on what happens from now on: a box that gains rules (or gets them
+            // back) must not replay its whole history onto sirens and gates.
+            self.outbox.start_at_head(rules::CONSUMER).await?;
             let outbox = self.outbox.clone();
             let token = shutdown.clone();
             tracker.spawn(async move { outbox.run_local(Arc::new(consumer), token).await });

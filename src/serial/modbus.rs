@@ -16,8 +16,8 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
-use tokio_modbus::client::{Context, Reader, Writer};
-use tokio_modbus::prelude::*;
+use tokio_modbus::client::{Client, Context};
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
 use super::SerialError;
@@ -109,21 +109,74 @@ impl Debounced {
     }
 }
 
-/// How one request ended.
-enum Outcome<T> {
-    Ok(T),
+/// How a request failed.
+enum Failure {
     /// The slave answered with an exception: it is alive, the request was wrong.
     Exception(String),
-    /// No valid answer (timeout or bad frame); the port stays open.
+    /// No answer in time; the port stays open.
     Failed(String),
-    /// The device itself failed: reopen.
+    /// An answer that made no valid frame: tokio-modbus's framing is out of step after it, so
+    /// the port is reopened at once (no backoff: the device is fine).
+    Resync(String),
+    /// The device itself failed: reopen after a backoff.
     PortFailed(String),
 }
+
+/// How one request (or a step made of requests) ended.
+type Outcome<T> = Result<T, Failure>;
 
 /// Why a session on an open port ended.
 enum Ended {
     Shutdown,
+    /// Reopen after a backoff.
     Reopen(String),
+    /// Reopen now.
+    Resync,
+}
+
+/// An answer of the wrong shape, filed with the unreadable ones.
+fn wrong_shape(what: &str) -> tokio_modbus::Error {
+    tokio_modbus::Error::Transport(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("answer to {what} does not match the request"),
+    ))
+}
+
+/// Reads `count` discrete inputs or coils from address 0, checking the answer's shape here
+/// (tokio-modbus only debug-asserts it, which would panic the board task on a bad slave).
+async fn read_bits(
+    ctx: &mut Context,
+    discrete: bool,
+    count: u16,
+) -> Result<Result<Vec<bool>, ExceptionCode>, tokio_modbus::Error> {
+    let request = if discrete {
+        Request::ReadDiscreteInputs(0, count)
+    } else {
+        Request::ReadCoils(0, count)
+    };
+    match ctx.call(request).await? {
+        Ok(Response::ReadDiscreteInputs(mut bits) | Response::ReadCoils(mut bits))
+            if bits.len() >= usize::from(count) =>
+        {
+            bits.truncate(usize::from(count));
+            Ok(Ok(bits))
+        }
+        Ok(_) => Err(wrong_shape("a read")),
+        Err(exception) => Ok(Err(exception)),
+    }
+}
+
+/// Writes one coil and checks the echo.
+async fn write_bit(
+    ctx: &mut Context,
+    address: u16,
+    on: bool,
+) -> Result<Result<(), ExceptionCode>, tokio_modbus::Error> {
+    match ctx.call(Request::WriteSingleCoil(address, on)).await? {
+        Ok(Response::WriteSingleCoil(a, v)) if a == address && v == on => Ok(Ok(())),
+        Ok(_) => Err(wrong_shape("a coil write")),
+        Err(exception) => Ok(Err(exception)),
+    }
 }
 
 /// The board's task.
@@ -202,6 +255,7 @@ impl IoBoard {
                         .await
                     {
                         Ended::Shutdown => return,
+                        Ended::Resync => continue,
                         Ended::Reopen(why) => why,
                     }
                 }
@@ -263,14 +317,27 @@ impl IoBoard {
         Ok(inputs)
     }
 
+    /// The stored pulses. Rows for relays this board does not have (a smaller config) are
+    /// dropped; an end more than an hour ahead (a clock that jumped back) is cut to an hour.
     async fn load_pulses(&self) -> Result<BTreeMap<u16, i64>, StoreError> {
-        self.store
-            .read(|c| {
+        let relays = self.config.relays;
+        let rows: Vec<(u16, i64)> = self
+            .store
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM relay_pulses WHERE relay < 1 OR relay > ?1",
+                    [relays],
+                )?;
                 let mut stmt = c.prepare("SELECT relay, until_ms FROM relay_pulses")?;
                 let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
                 Ok::<_, StoreError>(rows.collect::<Result<_, _>>()?)
             })
-            .await
+            .await?;
+        let latest = now_ms() + 3_600_000;
+        Ok(rows
+            .into_iter()
+            .map(|(relay, until)| (relay, until.min(latest)))
+            .collect())
     }
 
     /// Runs one request with the configured answer timeout and files its outcome.
@@ -280,35 +347,38 @@ impl IoBoard {
         what: &str,
         request: impl Future<Output = tokio_modbus::Result<T>>,
     ) -> Outcome<T> {
+        if let Some(quiet) = port::turnaround(&self.config) {
+            tokio::time::sleep(quiet).await;
+        }
         let before = received.load(Ordering::Relaxed);
         let timeout = self.config.response_timeout.get();
         let bad_frame: fn(&mut PortStatus) -> &mut u64 = |s| &mut s.bad_frames;
         match tokio::time::timeout(timeout, request).await {
             Ok(Ok(Ok(v))) => {
                 self.status.update(|s| s.requests_ok += 1);
-                Outcome::Ok(v)
+                Ok(v)
             }
             Ok(Ok(Err(exception))) => {
                 let m = format!("{what}: the board answered with exception {exception:?}");
                 self.status.error(|s| &mut s.exceptions, m.clone());
-                Outcome::Exception(m)
+                Err(Failure::Exception(m))
             }
             Ok(Err(tokio_modbus::Error::Protocol(e))) => {
                 let m = format!("{what}: answer does not match the request ({e})");
                 self.status.error(bad_frame, m.clone());
-                Outcome::Failed(m)
+                Err(Failure::Resync(m))
             }
             Ok(Err(tokio_modbus::Error::Transport(e)))
                 if e.kind() == std::io::ErrorKind::InvalidData =>
             {
                 let m = format!("{what}: unreadable answer ({e})");
                 self.status.error(bad_frame, m.clone());
-                Outcome::Failed(m)
+                Err(Failure::Resync(m))
             }
             Ok(Err(tokio_modbus::Error::Transport(e))) => {
                 let m = format!("{what}: device error: {e}");
                 self.status.error(|s| &mut s.port_errors, m.clone());
-                Outcome::PortFailed(m)
+                Err(Failure::PortFailed(m))
             }
             Err(_) if received.load(Ordering::Relaxed) > before => {
                 let m = format!(
@@ -316,7 +386,7 @@ impl IoBoard {
                     self.config.response_timeout
                 );
                 self.status.error(bad_frame, m.clone());
-                Outcome::Failed(m)
+                Err(Failure::Failed(m))
             }
             Err(_) => {
                 let m = format!(
@@ -325,7 +395,7 @@ impl IoBoard {
                     self.config.response_timeout
                 );
                 self.status.error(|s| &mut s.timeouts, m.clone());
-                Outcome::Failed(m)
+                Err(Failure::Failed(m))
             }
         }
     }
@@ -338,52 +408,53 @@ impl IoBoard {
         shutdown: &CancellationToken,
     ) -> Ended {
         let mut failures = 0u32;
-        let mut pulses = self.load_pulses().await.unwrap_or_default();
-        // Pulses that ended while the daemon was down end now; running ones are asserted again.
-        if let Err(why) = self.assert_pulses(ctx, received, &mut pulses).await {
-            return Ended::Reopen(why);
+        let mut pulses = Pulses::default();
+        match self.load_pulses().await {
+            Ok(stored) => pulses.merge(stored),
+            Err(e) => return Ended::Reopen(format!("cannot read relay pulses: {e}")),
         }
         let mut poll = tokio::time::interval(self.config.poll_interval.get());
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let next_pulse_end = pulses.values().min().copied();
-            let until_pulse = next_pulse_end
-                .map(|end| Duration::from_millis(u64::try_from(end - now_ms()).unwrap_or(0)));
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ended::Shutdown,
+            // Pulses first: an end that is due must not wait behind polls.
+            let wake = pulses.next_wake();
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.stop_pulses(ctx, received, &pulses).await;
+                    return Ended::Shutdown;
+                }
                 request = self.requests.recv() => match request {
                     None => return Ended::Shutdown,
-                    Some(IoRequest::SyncPulses) => {
-                        pulses = self.load_pulses().await.unwrap_or(pulses);
-                        if let Err(why) = self.assert_pulses(ctx, received, &mut pulses).await {
-                            return Ended::Reopen(why);
+                    Some(IoRequest::SyncPulses) => match self.load_pulses().await {
+                        Ok(stored) => {
+                            pulses.merge(stored);
+                            Ok(())
                         }
-                    }
+                        Err(e) => return Ended::Reopen(format!("cannot read relay pulses: {e}")),
+                    },
                     Some(IoRequest::Relay { relay, op, reply }) => {
-                        let (result, port_failed) = self.relay(ctx, received, &mut pulses, relay, op).await;
+                        let (result, outcome) = self.relay(ctx, received, &mut pulses, relay, op).await;
                         let _ = reply.send(result);
-                        if let Some(why) = port_failed {
-                            return Ended::Reopen(why);
-                        }
+                        outcome
                     }
                 },
-                _ = tokio::time::sleep(until_pulse.unwrap_or(Duration::from_secs(3600))), if until_pulse.is_some() => {
-                    if let Err(why) = self.end_due_pulses(ctx, received, &mut pulses).await {
-                        return Ended::Reopen(why);
+                _ = tokio::time::sleep_until(wake.unwrap_or_else(far_future)), if wake.is_some() => {
+                    self.drive_pulses(ctx, received, &mut pulses).await
+                }
+                _ = poll.tick() => self.poll(ctx, received, inputs).await,
+            };
+            match outcome {
+                Ok(()) | Err(Failure::Exception(_)) => failures = 0,
+                Err(Failure::Failed(why)) => {
+                    failures += 1;
+                    if failures >= REOPEN_AFTER_FAILURES {
+                        return Ended::Reopen(format!(
+                            "{failures} requests in a row without a valid answer; last: {why}"
+                        ));
                     }
                 }
-                _ = poll.tick() => {
-                    match self.poll(ctx, received, inputs).await {
-                        Outcome::Ok(()) | Outcome::Exception(_) => failures = 0,
-                        Outcome::Failed(why) => {
-                            failures += 1;
-                            if failures >= REOPEN_AFTER_FAILURES {
-                                return Ended::Reopen(format!("{failures} requests in a row without a valid answer; last: {why}"));
-                            }
-                        }
-                        Outcome::PortFailed(why) => return Ended::Reopen(why),
-                    }
-                }
+                Err(Failure::Resync(_)) => return Ended::Resync,
+                Err(Failure::PortFailed(why)) => return Ended::Reopen(why),
             }
         }
     }
@@ -398,13 +469,11 @@ impl IoBoard {
         let n = self.config.inputs;
         if n > 0 {
             let values = match self
-                .call(received, "reading inputs", ctx.read_discrete_inputs(0, n))
+                .call(received, "reading inputs", read_bits(ctx, true, n))
                 .await
             {
-                Outcome::Ok(v) => v,
-                Outcome::Exception(m) => return Outcome::Exception(m),
-                Outcome::Failed(m) => return Outcome::Failed(m),
-                Outcome::PortFailed(m) => return Outcome::PortFailed(m),
+                Ok(v) => v,
+                Err(e) => return Err(e),
             };
             let now = Instant::now();
             let hold = self.config.debounce.get();
@@ -420,21 +489,19 @@ impl IoBoard {
         let relays = self.config.relays;
         if relays > 0 {
             match self
-                .call(received, "reading relays", ctx.read_coils(0, relays))
+                .call(received, "reading relays", read_bits(ctx, false, relays))
                 .await
             {
-                Outcome::Ok(coils) => {
+                Ok(coils) => {
                     let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                     for (r, on) in state.relays.iter_mut().zip(coils) {
                         r.on = Some(on);
                     }
                 }
-                Outcome::Exception(m) => return Outcome::Exception(m),
-                Outcome::Failed(m) => return Outcome::Failed(m),
-                Outcome::PortFailed(m) => return Outcome::PortFailed(m),
+                Err(e) => return Err(e),
             }
         }
-        Outcome::Ok(())
+        Ok(())
     }
 
     /// Persists a debounced input state; with `report`, also as an `alarm_in` outbox record in
@@ -498,9 +565,9 @@ impl IoBoard {
     ) -> Outcome<()> {
         let what = format!("relay {relay} {}", if on { "on" } else { "off" });
         let outcome = self
-            .call(received, &what, ctx.write_single_coil(relay - 1, on))
+            .call(received, &what, write_bit(ctx, relay - 1, on))
             .await;
-        if let Outcome::Ok(()) = outcome {
+        if let Ok(()) = outcome {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(r) = state.relays.get_mut(usize::from(relay) - 1) {
                 r.on = Some(on);
@@ -509,59 +576,78 @@ impl IoBoard {
         outcome
     }
 
-    /// Serves a relay request. Returns the answer, and `Some(why)` when the port must reopen.
+    /// Serves a relay request: the answer, and how the bus behaved.
     async fn relay(
         &self,
         ctx: &mut Context,
         received: &AtomicU64,
-        pulses: &mut BTreeMap<u16, i64>,
+        pulses: &mut Pulses,
         relay: u16,
         op: RelayOp,
-    ) -> (Result<(), SerialError>, Option<String>) {
+    ) -> (Result<(), SerialError>, Outcome<()>) {
         if relay == 0 || relay > self.config.relays {
-            return (
-                Err(SerialError::NoSuchRelay {
-                    relay,
-                    relays: self.config.relays,
-                }),
-                None,
-            );
+            let e = SerialError::NoSuchRelay {
+                relay,
+                relays: self.config.relays,
+            };
+            return (Err(e), Ok(()));
         }
-        // The pulse's end is stored before the relay goes on: a crash in between leaves a
-        // relay that is off with a pulse that ends on time, never one that stays on.
-        let until = match op {
-            RelayOp::Pulse(d) => Some(now_ms() + d.get().as_millis() as i64),
-            RelayOp::On | RelayOp::Off => None,
-        };
-        let persisted = self
-            .store
-            .write(move |c| {
-                match until {
-                    Some(until) => schedule_pulse(c, relay, until)?,
-                    None => {
-                        c.execute("DELETE FROM relay_pulses WHERE relay = ?1", [relay])?;
+        match op {
+            RelayOp::On | RelayOp::Off => {
+                // The coil first: if it fails, a running pulse keeps its end and still ends.
+                let on = op == RelayOp::On;
+                let outcome = self.write_coil(ctx, received, relay, on).await;
+                if let Ok(()) = outcome {
+                    if let Err(e) = self.forget_pulse(relay, i64::MAX).await {
+                        return (Err(SerialError::Store(e)), Ok(()));
+                    }
+                    pulses.remove(relay);
+                    self.set_pulse_state(relay, None);
+                    tracing::info!(port = %self.config.name, relay, op = %op, "relay set");
+                }
+                (answer(&outcome), outcome)
+            }
+            RelayOp::Pulse(d) => {
+                // The end is stored before the relay goes on: a crash in between leaves a
+                // relay that is off with a pulse that ends on time, never one left on.
+                let until = now_ms() + d.get().as_millis() as i64;
+                let stored = self
+                    .store
+                    .write(move |c| Ok::<_, StoreError>(schedule_pulse(c, relay, until)?))
+                    .await;
+                if let Err(e) = stored {
+                    return (Err(SerialError::Store(e)), Ok(()));
+                }
+                let outcome = self.write_coil(ctx, received, relay, true).await;
+                match outcome {
+                    Ok(()) => {
+                        pulses.insert(relay, until, true);
+                        self.set_pulse_state(relay, Some(until));
+                        tracing::info!(port = %self.config.name, relay, op = %op, "relay pulse started");
+                    }
+                    // Not started: the caller is told, and no late pulse follows.
+                    _ => {
+                        if let Err(e) = self.forget_pulse(relay, until).await {
+                            tracing::error!(relay, error = %e, "cannot drop a pulse that did not start");
+                        }
                     }
                 }
+                (answer(&outcome), outcome)
+            }
+        }
+    }
+
+    /// Deletes the stored pulse of `relay` if it ends at or before `until`.
+    async fn forget_pulse(&self, relay: u16, until: i64) -> Result<(), StoreError> {
+        self.store
+            .write(move |c| {
+                c.execute(
+                    "DELETE FROM relay_pulses WHERE relay = ?1 AND until_ms <= ?2",
+                    params![relay, until],
+                )?;
                 Ok::<_, StoreError>(())
             })
-            .await;
-        if let Err(e) = persisted {
-            return (Err(SerialError::Store(e)), None);
-        }
-        match until {
-            Some(u) => pulses.insert(relay, u),
-            None => pulses.remove(&relay),
-        };
-        self.set_pulse_state(relay, until);
-        let on = !matches!(op, RelayOp::Off);
-        match self.write_coil(ctx, received, relay, on).await {
-            Outcome::Ok(()) => {
-                tracing::info!(port = %self.config.name, relay, op = %op, "relay set");
-                (Ok(()), None)
-            }
-            Outcome::Exception(m) | Outcome::Failed(m) => (Err(SerialError::Device(m)), None),
-            Outcome::PortFailed(m) => (Err(SerialError::Device(m.clone())), Some(m)),
-        }
+            .await
     }
 
     fn set_pulse_state(&self, relay: u16, until: Option<i64>) {
@@ -571,64 +657,143 @@ impl IoBoard {
         }
     }
 
-    /// Ends pulses whose time has come and (re)asserts the running ones.
-    async fn assert_pulses(
+    /// Starts pulses not yet on, ends those that are due; failures retry a second later.
+    async fn drive_pulses(
         &self,
         ctx: &mut Context,
         received: &AtomicU64,
-        pulses: &mut BTreeMap<u16, i64>,
-    ) -> Result<(), String> {
-        self.end_due_pulses(ctx, received, pulses).await?;
-        for (&relay, &until) in pulses.iter() {
-            self.set_pulse_state(relay, Some(until));
-            if let Outcome::PortFailed(m) = self.write_coil(ctx, received, relay, true).await {
-                return Err(m);
+        pulses: &mut Pulses,
+    ) -> Outcome<()> {
+        let now = Instant::now();
+        let due: Vec<(u16, Pulse)> = pulses
+            .0
+            .iter()
+            .filter(|(_, p)| p.next_try <= now && (!p.on || p.until_ms <= now_ms()))
+            .map(|(r, p)| (*r, *p))
+            .collect();
+        for (relay, pulse) in due {
+            let ending = pulse.until_ms <= now_ms();
+            let outcome = self.write_coil(ctx, received, relay, !ending).await;
+            match outcome {
+                Ok(()) if ending => {
+                    if let Err(e) = self.forget_pulse(relay, pulse.until_ms).await {
+                        tracing::error!(relay, error = %e, "cannot clear a finished pulse");
+                    }
+                    pulses.remove(relay);
+                    self.set_pulse_state(relay, None);
+                    tracing::info!(port = %self.config.name, relay, "pulse ended");
+                }
+                Ok(()) => {
+                    pulses.insert(relay, pulse.until_ms, true);
+                    self.set_pulse_state(relay, Some(pulse.until_ms));
+                }
+                Err(Failure::Exception(m)) => {
+                    // The board refuses this coil: retrying will not help.
+                    tracing::error!(port = %self.config.name, relay, error = %m, "the board refuses the pulse's relay; pulse dropped");
+                    if let Err(e) = self.forget_pulse(relay, pulse.until_ms).await {
+                        tracing::error!(relay, error = %e, "cannot drop a refused pulse");
+                    }
+                    pulses.remove(relay);
+                    self.set_pulse_state(relay, None);
+                }
+                other => {
+                    pulses.retry_later(relay);
+                    return other;
+                }
             }
         }
         Ok(())
     }
 
-    async fn end_due_pulses(
-        &self,
-        ctx: &mut Context,
-        received: &AtomicU64,
-        pulses: &mut BTreeMap<u16, i64>,
-    ) -> Result<(), String> {
-        let now = now_ms();
-        let due: Vec<(u16, i64)> = pulses
-            .iter()
-            .filter(|(_, until)| **until <= now)
-            .map(|(r, u)| (*r, *u))
-            .collect();
-        for (relay, until) in due {
-            match self.write_coil(ctx, received, relay, false).await {
-                Outcome::Ok(()) => {
-                    // Only an ended pulse's row: a newer pulse of the same relay keeps its own.
-                    let done = self
-                        .store
-                        .write(move |c| {
-                            c.execute(
-                                "DELETE FROM relay_pulses WHERE relay = ?1 AND until_ms <= ?2",
-                                params![relay, now.max(until)],
-                            )?;
-                            Ok::<_, StoreError>(())
-                        })
-                        .await;
-                    if let Err(e) = done {
-                        tracing::error!(relay, error = %e, "cannot clear a finished pulse");
-                    }
-                    pulses.remove(&relay);
-                    self.set_pulse_state(relay, None);
-                    tracing::info!(port = %self.config.name, relay, "pulse ended");
-                }
-                Outcome::PortFailed(m) => return Err(m),
-                // Retried at the next wake-up (the pulse stays due).
-                Outcome::Exception(_) | Outcome::Failed(_) => {
-                    pulses.insert(relay, now + 200);
-                }
+    /// On the way out, pulsing relays go off (a siren should not sound while the daemon is
+    /// down); their rows stay, so a restart before the end turns them on again.
+    async fn stop_pulses(&self, ctx: &mut Context, received: &AtomicU64, pulses: &Pulses) {
+        for (&relay, pulse) in &pulses.0 {
+            if pulse.on {
+                let _ = self.write_coil(ctx, received, relay, false).await;
             }
         }
-        Ok(())
+    }
+}
+
+/// The reply to a relay request from how its coil write went.
+fn answer(outcome: &Outcome<()>) -> Result<(), SerialError> {
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(Failure::Exception(m))
+        | Err(Failure::Failed(m))
+        | Err(Failure::Resync(m))
+        | Err(Failure::PortFailed(m)) => Err(SerialError::Device(m.clone())),
+    }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(3600)
+}
+
+/// A running pulse.
+#[derive(Clone, Copy, Debug)]
+struct Pulse {
+    until_ms: i64,
+    /// The relay was confirmed on.
+    on: bool,
+    /// No bus attempt before this (a failed write waits a second).
+    next_try: Instant,
+}
+
+/// The pulses the board is driving, by relay.
+#[derive(Debug, Default)]
+struct Pulses(BTreeMap<u16, Pulse>);
+
+impl Pulses {
+    fn insert(&mut self, relay: u16, until_ms: i64, on: bool) {
+        self.0.insert(
+            relay,
+            Pulse {
+                until_ms,
+                on,
+                next_try: Instant::now(),
+            },
+        );
+    }
+
+    fn remove(&mut self, relay: u16) {
+        self.0.remove(&relay);
+    }
+
+    fn retry_later(&mut self, relay: u16) {
+        if let Some(p) = self.0.get_mut(&relay) {
+            p.next_try = Instant::now() + Duration::from_secs(1);
+        }
+    }
+
+    /// Takes the stored pulses: new or changed ones must be (re)asserted, gone ones are dropped.
+    fn merge(&mut self, stored: BTreeMap<u16, i64>) {
+        self.0.retain(|relay, _| stored.contains_key(relay));
+        for (relay, until_ms) in stored {
+            let known = self.0.get(&relay).is_some_and(|p| p.until_ms == until_ms);
+            if !known {
+                self.insert(relay, until_ms, false);
+            }
+        }
+    }
+
+    /// When the next bus action is due.
+    fn next_wake(&self) -> Option<tokio::time::Instant> {
+        let now_ms = now_ms();
+        self.0
+            .values()
+            .map(|p| {
+                let end = if p.on {
+                    Instant::now()
+                        + Duration::from_millis(u64::try_from(p.until_ms - now_ms).unwrap_or(0))
+                } else {
+                    Instant::now()
+                };
+                end.max(p.next_try)
+            })
+            .min()
+            .map(tokio::time::Instant::from_std)
     }
 }
 

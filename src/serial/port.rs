@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_serial::{SerialPortBuilderExt, SerialStream};
 
-use crate::config::model::{Parity, SerialConfig, SerialProtocol};
+use crate::config::model::{Parity, Rs485Config, SerialConfig, SerialProtocol};
 
 pub const BACKOFF_MIN: Duration = Duration::from_secs(1);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -90,13 +90,70 @@ pub fn open(config: &SerialConfig) -> std::io::Result<SerialStream> {
     } else {
         tokio_serial::StopBits::One
     };
-    tokio_serial::new(config.device.to_string_lossy(), config.baud)
+    let stream = tokio_serial::new(config.device.to_string_lossy(), config.baud)
         .data_bits(tokio_serial::DataBits::Eight)
         .parity(parity)
         .stop_bits(stop_bits)
         .flow_control(tokio_serial::FlowControl::None)
         .open_native_async()
-        .map_err(std::io::Error::from)
+        .map_err(std::io::Error::from)?;
+    if let Some(rs) = config.rs485.as_ref().filter(|rs| rs.kernel_rts) {
+        kernel_rts(&stream, rs).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "rs485.kernel_rts: the device refused RS-485 mode ({e}); an adapter that \
+                     switches direction by itself needs no kernel_rts"
+                ),
+            )
+        })?;
+    }
+    Ok(stream)
+}
+
+/// `struct serial_rs485` of <linux/serial.h>; libc does not define it.
+#[repr(C)]
+struct SerialRs485 {
+    flags: u32,
+    delay_rts_before_send: u32,
+    delay_rts_after_send: u32,
+    padding: [u32; 5],
+}
+
+const SER_RS485_ENABLED: u32 = 1;
+const SER_RS485_RTS_ON_SEND: u32 = 1 << 1;
+
+/// Hands RTS to the kernel as the transmitter enable, with the configured delays.
+fn kernel_rts(stream: &SerialStream, rs: &Rs485Config) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let settings = SerialRs485 {
+        flags: SER_RS485_ENABLED | SER_RS485_RTS_ON_SEND,
+        delay_rts_before_send: u32::try_from(rs.rts_before_send.get().as_millis()).unwrap_or(0),
+        delay_rts_after_send: u32::try_from(rs.rts_after_send.get().as_millis()).unwrap_or(0),
+        padding: [0; 5],
+    };
+    // SAFETY: TIOCSRS485 reads one `struct serial_rs485` from the pointer, which lives for the
+    // call; the descriptor is the open serial device.
+    let rc = unsafe {
+        nix::libc::ioctl(
+            stream.as_raw_fd(),
+            nix::libc::TIOCSRS485 as _,
+            &settings as *const SerialRs485,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The quiet time the line needs after an exchange (`rs485.turnaround`), if any.
+pub fn turnaround(config: &SerialConfig) -> Option<Duration> {
+    config
+        .rs485
+        .as_ref()
+        .map(|rs| rs.turnaround.get())
+        .filter(|d| !d.is_zero())
 }
 
 /// The next wait of a capped exponential backoff, with up to 20 % jitter so ports that failed

@@ -75,6 +75,9 @@ impl PtzBus {
                 Ok(Ok(())) => {
                     self.status.update(|s| s.requests_ok += 1);
                     let _ = frame.reply.send(Ok(()));
+                    if let Some(quiet) = port::turnaround(&self.config) {
+                        tokio::time::sleep(quiet).await;
+                    }
                 }
                 Ok(Err(e)) => {
                     self.failed(format!("writing to {}: {e}", self.config.device.display()));

@@ -25,6 +25,10 @@ use crate::store::{Store, StoreError};
 
 pub const CONSUMER: &str = "rules";
 
+/// Events older than this fire nothing: a siren for what happened ten minutes ago (records
+/// replayed after rules were switched back on, a worker's late backlog) helps nobody.
+const MAX_EVENT_AGE: Duration = Duration::from_secs(600);
+
 /// A rule as the config wrote it, parsed (validation already refused bad ones).
 #[derive(Clone, Debug)]
 struct Rule {
@@ -80,7 +84,8 @@ impl LocalConsumer for RulesConsumer {
 
     fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), String> {
         let now = chrono::Utc::now().timestamp_millis();
-        for r in records {
+        let oldest = now - MAX_EVENT_AGE.as_millis() as i64;
+        for r in records.iter().filter(|r| r.ts_ms >= oldest) {
             for (i, rule) in self.rules.iter().enumerate() {
                 if matches(&rule.trigger, r) {
                     c.execute(
@@ -198,7 +203,7 @@ impl RulesExecutor {
                         .await;
                     match stored {
                         Ok(()) => {
-                            self.serial.sync_pulses();
+                            self.serial.sync_pulses().await;
                             tracing::info!(action = %p.action, "rule fired");
                             return;
                         }

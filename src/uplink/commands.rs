@@ -111,6 +111,29 @@ impl Commands {
             return Ok(());
         };
         let levels: Vec<&str> = rest.split('/').collect();
+        if levels.first() == Some(&"cmd") || levels.first() == Some(&"cameras") {
+            // A retained command would fire again at every reconnect (a door strike opening
+            // each time the link flaps): commands count only when sent.
+            if m.retain {
+                tracing::warn!(topic = %m.topic, "ignoring a retained command; publish commands without retain");
+                return Ok(());
+            }
+        }
+        if levels.first() == Some(&"cmd")
+            && !self.config_topics
+            && levels.get(1) != Some(&"snapshot")
+        {
+            let answer = Answer {
+                request_id: request_id(&m.payload),
+                kind: levels.get(1).copied().unwrap_or("cmd").to_string(),
+                id: levels.get(2).copied().unwrap_or_default().to_string(),
+                outcome: Err(Refusal::new(
+                    "disabled",
+                    "commands over MQTT are disabled on this box (mqtt.config_topics = false)",
+                )),
+            };
+            return self.answer(answer, shutdown).await;
+        }
         let answer = match levels.as_slice() {
             ["config", kind, id, op @ ("set" | "delete")] => {
                 self.config(kind, id, op, &m.payload).await

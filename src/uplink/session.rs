@@ -151,6 +151,8 @@ impl Link {
 pub struct Inbound {
     pub topic: String,
     pub payload: Vec<u8>,
+    /// Delivered from the broker's retained store rather than sent just now.
+    pub retain: bool,
 }
 
 /// Builds the client options from the config; errors name the config key.
@@ -374,6 +376,7 @@ fn handle(link: &Link, acker: &Acker, inbound: &mpsc::Sender<Inbound>, event: Ev
         }
         Event::Incoming(Incoming::Publish(p)) => {
             let message = Inbound {
+                retain: p.retain,
                 topic: p.topic,
                 payload: p.payload.to_vec(),
             };

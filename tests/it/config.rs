@@ -30,6 +30,12 @@ fn bad_configs_name_the_key_and_exit_2() {
             "error: cameras[0].fps: unknown key (expected one of id, name, url, sub_url, vendor, address, port, channel, username, password_file, transport, enabled, record, detect, segment_seconds, retention, priority, ptz)",
         ),
         (
+            "[[serial]]\nname = \"ptz\"\ndevice = \"/dev/ttyS1\"\nprotocol = \"pelco-d\"\n\
+             rs485 = { rts_before_send = \"2ms\", turnaround = \"2s\" }"
+                .into(),
+            "error: serial[0].rs485.turnaround: must be at most 1s, got 2s\nerror: serial[0].rs485.kernel_rts: RTS delays need kernel_rts = true (the kernel applies them)",
+        ),
+        (
             "[outbox]\nmax_age = \"7x\"".into(),
             "error: outbox.max_age: invalid duration \"7x\": use a number and a unit, like 90s, 15m, 7d",
         ),

@@ -111,7 +111,8 @@ fn io_toml(device: &Path, extra: &str) -> String {
     format!(
         "[[serial]]\nname = \"io\"\ndevice = \"{}\"\nprotocol = \"modbus-rtu\"\nunit = 1\n\
          inputs = 4\nrelays = 4\npoll_interval = \"50ms\"\ndebounce = \"300ms\"\n\
-         response_timeout = \"200ms\"\ninput_names = [\"front door\", \"hall pir\", \"gate\"]\n{extra}",
+         response_timeout = \"200ms\"\ninput_names = [\"front door\", \"hall pir\", \"gate\"]\n\
+         rs485 = {{ turnaround = \"2ms\" }}\n{extra}",
         device.display()
     )
 }
@@ -610,4 +611,40 @@ fn relay_and_ptz_commands_over_mqtt_reach_the_devices_and_are_answered() {
             .iter()
             .any(|r| r["action"] == "mqtt cmd/ptz/dome" && r["status"] == 400)
     );
+}
+
+#[test]
+fn kernel_rs485_mode_on_a_device_without_it_is_a_clear_error_and_other_ports_carry_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("io")).unwrap();
+    std::fs::create_dir(dir.path().join("ptz")).unwrap();
+    let io = PtyPair::start(&dir.path().join("io"));
+    let bus = PtyPair::start(&dir.path().join("ptz"));
+    // A pty has no RS-485 mode: the board's port must say so; the PTZ bus still works.
+    let d = Daemon::start(&format!(
+        "[[serial]]\nname = \"io\"\ndevice = \"{}\"\nprotocol = \"modbus-rtu\"\nunit = 1\ninputs = 2\n\
+         rs485 = {{ kernel_rts = true, rts_before_send = \"1ms\" }}\n\
+         [[serial]]\nname = \"ptz\"\ndevice = \"{}\"\nprotocol = \"pelco-d\"\n\
+         [[cameras]]\nid = \"dome\"\nurl = \"rtsp://127.0.0.1:9/none\"\nrecord = false\n\
+         ptz = {{ port = \"ptz\", address = 1 }}\n",
+        io.a.display(),
+        bus.a.display()
+    ))
+    .ready();
+    let st = wait_for(Duration::from_secs(10), || {
+        let s = io_status(&d);
+        s["ports"][0]["last_error"].is_string().then_some(s)
+    })
+    .unwrap();
+    assert_eq!(st["ports"][0]["state"], "unavailable");
+    let error = st["ports"][0]["last_error"].as_str().unwrap();
+    assert!(
+        error.contains("rs485.kernel_rts: the device refused RS-485 mode"),
+        "{error}"
+    );
+    let mut peer = std::fs::File::open(&bus.b).unwrap();
+    assert!(d.cli(&["ptz", "dome", "stop"]).status.success());
+    let mut frame = [0u8; 7];
+    peer.read_exact(&mut frame).unwrap();
+    assert_eq!(frame, [0xFF, 0x01, 0, 0, 0, 0, 0x01]);
 }
