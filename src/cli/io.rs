@@ -121,6 +121,15 @@ pub fn ptz(
     Ok(ExitCode::SUCCESS)
 }
 
+/// An input or relay state as the status prints it: `ON` stands out among the `off`s.
+fn on_off(state: Option<bool>) -> &'static str {
+    match state {
+        Some(true) => "ON",
+        Some(false) => "off",
+        None => "unknown",
+    }
+}
+
 fn render(s: &SerialStatus) -> String {
     let mut out = String::new();
     if s.ports.is_empty() {
@@ -152,11 +161,7 @@ fn render(s: &SerialStatus) -> String {
     }
     if let Some(io) = &s.io {
         for i in &io.inputs {
-            let state = match i.active {
-                Some(true) => "ON",
-                Some(false) => "off",
-                None => "unknown",
-            };
+            let state = on_off(i.active);
             let name = i
                 .name
                 .as_deref()
@@ -165,11 +170,7 @@ fn render(s: &SerialStatus) -> String {
             let _ = writeln!(out, "{:<10} {}{name} {state}", "input", i.input);
         }
         for r in &io.relays {
-            let state = match r.on {
-                Some(true) => "ON",
-                Some(false) => "off",
-                None => "unknown",
-            };
+            let state = on_off(r.on);
             let pulse = r
                 .pulse_until
                 .map(|t| format!(" (pulse until {})", t.format("%H:%M:%S%.3f")))

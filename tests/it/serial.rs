@@ -40,9 +40,13 @@ impl PtyPair {
         PtyPair { child, a, b }
     }
 
+    /// Like unplugging an adapter: the device names go too. (Left behind, a dangling link would
+    /// point at a pts number the kernel hands to the next pty, maybe another test's.)
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.a);
+        let _ = std::fs::remove_file(&self.b);
     }
 }
 
