@@ -34,7 +34,9 @@ lintian --fail-on error --suppress-tags no-manual-page "$deb"
 echo "== install into a throwaway root"
 root=$(mktemp -d /tmp/heldar-deb-root.XXXXXX)
 trap '$SUDO rm -rf "$root"' EXIT
-$SUDO mmdebstrap --mode=root --variant=apt --include="$deb" bookworm "$root" \
+# The hook bind-mounts the package's directory into the root, where apt installs it from.
+$SUDO mmdebstrap --mode=root --variant=apt --include="$deb" \
+  --hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount bookworm "$root" \
   "deb http://deb.debian.org/debian bookworm main" \
   "deb http://deb.debian.org/debian-security bookworm-security main"
 $SUDO chroot "$root" heldar --version

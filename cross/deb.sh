@@ -43,7 +43,7 @@ Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: heldar-edge
 
 Files: *
-Copyright: Heldar Edge developers
+Copyright: 2026 Heldar Edge developers
 License: Apache-2.0
  On Debian systems the full text is in /usr/share/common-licenses/Apache-2.0.
 TXT
@@ -79,10 +79,7 @@ Version: $version
 Architecture: $deb_arch
 Maintainer: Heldar Edge developers <dev@heldar.invalid>
 Installed-Size: $installed_kib
-Depends: libc6 (>= 2.36), libgcc-s1, libglib2.0-0, libgstreamer1.0-0 (>= 1.22),
- libgstreamer-plugins-base1.0-0 (>= 1.22), libgstrtspserver-1.0-0 (>= 1.22),
- gstreamer1.0-plugins-base, gstreamer1.0-plugins-good, gstreamer1.0-plugins-bad,
- gstreamer1.0-libav, systemd | systemd-standalone-sysusers, adduser
+Depends: libc6 (>= 2.36), libgcc-s1, libglib2.0-0, libgstreamer1.0-0 (>= 1.22), libgstreamer-plugins-base1.0-0 (>= 1.22), libgstrtspserver-1.0-0 (>= 1.22), gstreamer1.0-plugins-base, gstreamer1.0-plugins-good, gstreamer1.0-plugins-bad, gstreamer1.0-libav, systemd | systemd-standalone-sysusers, adduser, init-system-helpers (>= 1.65)
 Recommends: gstreamer1.0-plugins-ugly
 Section: video
 Priority: optional
@@ -116,10 +113,10 @@ if [ "$1" = configure ]; then
     chown root:heldar /etc/heldar /etc/heldar/heldar.toml
     chmod 0750 /etc/heldar
     chmod 0640 /etc/heldar/heldar.toml
+    deb-systemd-helper enable heldar.service >/dev/null || true
     if [ -d /run/systemd/system ]; then
-        systemctl daemon-reload
-        systemctl enable heldar.service >/dev/null
-        systemctl restart heldar.service || \
+        deb-systemd-invoke daemon-reload >/dev/null 2>&1 || true
+        deb-systemd-invoke restart heldar.service || \
             echo "heldar: the service did not start; see systemctl status heldar" >&2
     fi
 fi
@@ -129,8 +126,7 @@ cat > "$pkg/DEBIAN/prerm" <<'SH'
 #!/bin/sh
 set -e
 if [ -d /run/systemd/system ] && [ "$1" = remove ]; then
-    systemctl stop heldar.service || true
-    systemctl disable heldar.service >/dev/null || true
+    deb-systemd-invoke stop heldar.service || true
 fi
 exit 0
 SH
@@ -138,8 +134,11 @@ cat > "$pkg/DEBIAN/postrm" <<'SH'
 #!/bin/sh
 # Recordings and the database stay on remove and purge: deleting evidence takes a person.
 set -e
-if [ -d /run/systemd/system ]; then
-    systemctl daemon-reload || true
+if [ "$1" = remove ] || [ "$1" = purge ]; then
+    deb-systemd-helper disable heldar.service >/dev/null 2>&1 || true
+fi
+if [ "$1" = purge ]; then
+    deb-systemd-helper purge heldar.service >/dev/null 2>&1 || true
 fi
 exit 0
 SH

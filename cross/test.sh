@@ -9,7 +9,7 @@
 # Within daemon::, control_socket_refuses_callers_outside_root_and_the_group is skipped: it
 #   starts the binary through runuser, and an emulated binary cannot be exec'd without binfmt_misc.
 # Serial tests, when present, are skipped: qemu-user 7.2 lacks the TCGETS2 ioctl (ENOSYS).
-# Takes about 15 min from clean on 2 cores (the build is most of it).
+# Takes about 9 min after build.sh on 2 cores (the test build is 5 of them).
 set -euo pipefail
 . "$(dirname "$0")/env.sh" "${1:-}"
 shift || true

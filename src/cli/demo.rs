@@ -10,10 +10,11 @@ use std::time::Duration;
 use clap::Args;
 
 use super::client::Client;
-use super::{CliError, load_config, runtime};
+use super::{CliError, load_config, render, runtime};
 use crate::api::auth::{NewToken, Role};
 use crate::daemon;
 use crate::media::synthetic::{SyntheticCamera, SyntheticSpec};
+use crate::outbox::Record;
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -85,6 +86,7 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
     }
     let (ready, addr) = tokio::sync::oneshot::channel();
     let client = Client::new(Some(socket.clone()));
+    let events = Client::new(Some(socket.clone()));
     let overrides = daemon::Overrides {
         socket: Some(socket),
         stop_after: args.duration.map(Duration::from_secs),
@@ -103,6 +105,7 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
             "  metrics         curl -H 'Authorization: Bearer {}' http://{addr}/metrics",
             page.token
         );
+        tokio::spawn(print_events(events));
         start_worker(addr, &worker.token)
     });
     let result = rt.block_on(daemon::run(loaded.config, loaded.board_source, overrides));
@@ -116,6 +119,36 @@ pub fn run(args: DemoArgs, socket: Option<PathBuf>) -> Result<ExitCode, CliError
     result?;
     drop(camera);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints records as they land: every zone, camera and system record, and a count of
+/// detection batches every 10 s (five a second would drown the rest).
+async fn print_events(client: Client) {
+    println!("  events          zone, camera and system records below; detections counted");
+    let mut after = 0;
+    let mut detections = 0u64;
+    let mut since = std::time::Instant::now();
+    loop {
+        let path = format!("/api/v1/events?after_seq={after}&limit=500");
+        if let Ok(records) = client.get::<Vec<Record>>(&path).await {
+            for r in &records {
+                after = after.max(r.seq);
+                if r.kind == "detection" {
+                    detections += 1;
+                } else {
+                    println!("{}", render::record(r));
+                }
+            }
+        }
+        if since.elapsed() >= Duration::from_secs(10) {
+            if detections > 0 {
+                println!("         {detections} detection batches in the last 10 s");
+            }
+            detections = 0;
+            since = std::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn demo_token(client: &Client, role: Role) -> Option<NewToken> {

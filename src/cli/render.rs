@@ -442,6 +442,33 @@ pub fn record(r: &crate::outbox::Record) -> String {
                 r.payload["task_type"].as_str().unwrap_or("?")
             )
         }
+        "zone" if r.r#type == "occupancy" => format!(
+            "{}: {} inside",
+            r.payload["zone"].as_str().unwrap_or("?"),
+            r.payload["total"]
+        ),
+        "zone" => {
+            let p = &r.payload;
+            let mut d = format!(
+                "{} {} track {}",
+                p["zone"].as_str().unwrap_or("?"),
+                p["label"].as_str().unwrap_or("-"),
+                p["track_id"].as_str().unwrap_or("?")
+            );
+            if let Some(s) = p["dwell_s"].as_f64() {
+                d.push_str(&format!(" after {s:.1} s"));
+            }
+            if let Some(reason) = p["reason"].as_str() {
+                d.push_str(&format!(" ({reason})"));
+            }
+            d
+        }
+        "alarm" => format!(
+            "input {} {} {}",
+            r.payload["input"],
+            r.payload["name"].as_str().unwrap_or(""),
+            r.payload["state"].as_str().unwrap_or("?")
+        ),
         _ => r.payload.to_string(),
     };
     format!(

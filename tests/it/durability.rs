@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -85,7 +85,7 @@ fn durability_child() {
 }
 
 fn spawn_child(dir: &Path) -> (Child, String) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let mut child = crate::fixtures::test_binary_command()
         .args([
             "--exact",
             "durability::durability_child",

@@ -18,15 +18,25 @@ pub fn heldar_bin() -> &'static Path {
 /// qemu-user, which cannot exec a foreign binary on its own: `HELDAR_TEST_RUNNER` (the qemu
 /// command line) is put in front.
 pub fn heldar_command() -> Command {
+    run_through_runner(heldar_bin())
+}
+
+/// This test binary as a command (for tests whose child process is the test binary itself),
+/// through `HELDAR_TEST_RUNNER` like [`heldar_command`].
+pub fn test_binary_command() -> Command {
+    run_through_runner(&std::env::current_exe().unwrap())
+}
+
+fn run_through_runner(program: &Path) -> Command {
     let runner = std::env::var("HELDAR_TEST_RUNNER").unwrap_or_default();
     let mut parts = runner.split_whitespace();
     match parts.next() {
-        Some(program) => {
-            let mut c = Command::new(program);
-            c.args(parts).arg(heldar_bin());
+        Some(emulator) => {
+            let mut c = Command::new(emulator);
+            c.args(parts).arg(program);
             c
         }
-        None => Command::new(heldar_bin()),
+        None => Command::new(program),
     }
 }
 

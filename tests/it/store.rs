@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -229,7 +229,7 @@ fn acknowledged_writes_survive_sigkill() {
     let mut rng = rand::rng();
     let mut acked_total = HashSet::new();
     for round in 0..20 {
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let mut child = crate::fixtures::test_binary_command()
             .args([
                 "--exact",
                 "store::crash_child",
@@ -244,15 +244,26 @@ fn acknowledged_writes_survive_sigkill() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (first_ack, flowing) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| l.strip_prefix("ack ").and_then(|id| id.parse::<i64>().ok()))
-                .collect::<Vec<_>>()
+            let mut acked = Vec::new();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(id) = line
+                    .strip_prefix("ack ")
+                    .and_then(|id| id.parse::<i64>().ok())
+                {
+                    if acked.is_empty() {
+                        let _ = first_ack.send(());
+                    }
+                    acked.push(id);
+                }
+            }
+            acked
         });
-        // Kill at a random moment once writes are flowing.
-        std::thread::sleep(Duration::from_millis(rng.random_range(150..700)));
+        // Kill at a random moment once writes are flowing (the child's start-up varies a lot,
+        // ten times slower under qemu).
+        let _ = flowing.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(rng.random_range(10..500)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let acked = reader.join().unwrap();
