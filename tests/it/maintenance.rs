@@ -77,6 +77,9 @@ const CASES: &[Case] = &[
     case("GET", "/api/v1/audit", ADMIN),
     case("GET", "/api/v1/logs", VIEW),
     case("GET", "/metrics", VIEW),
+    case("GET", "/api/v1/io", VIEW),
+    case("POST", "/api/v1/io/relays/1", OPERATE),
+    case("POST", "/api/v1/cameras/nocam/ptz", OPERATE),
 ];
 
 fn call(http: &Http, c: &Case, token: Option<&str>) -> (u16, Value) {
