@@ -18,6 +18,7 @@ use crate::media::retention::DiskUsage;
 use crate::media::{CameraHealth, CameraState};
 use crate::outbox::OutboxStatus;
 use crate::perception::sampler::SamplerStatus;
+use crate::serial::PortStatus;
 use crate::store::{Boot, BootHistory, StoreError, StoreStatus};
 use crate::uplink::UplinkStatus;
 
@@ -55,6 +56,9 @@ pub struct SystemStatus {
     /// The file system that holds the recordings; absent when it cannot be read.
     #[serde(default)]
     pub disk: Option<DiskUsage>,
+    /// Serial ports with their state and error counts (`heldar io status` has the details).
+    #[serde(default)]
+    pub serial: Vec<PortStatus>,
 }
 
 pub(super) async fn status(
@@ -78,6 +82,7 @@ pub(super) async fn status(
         outbox: state.outbox.status().await?,
         mqtt: state.uplink.as_ref().map(|u| u.status()),
         disk: state.media.disk(),
+        serial: state.serial.status().ports,
     }))
 }
 

@@ -140,6 +140,25 @@ pub fn status(s: &SystemStatus) -> String {
             }
         }
     }
+    for p in &s.serial {
+        let error = match (&p.last_error, p.state.as_str()) {
+            (Some(e), "open") => format!(", last error: {e}"),
+            (Some(e), _) => format!(" ({e})"),
+            (None, _) => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<10} {} {} {}: {} ok, {} timeouts, {} bad frames, {} exceptions{error}",
+            "serial",
+            p.name,
+            p.device,
+            p.state,
+            p.requests_ok,
+            p.timeouts,
+            p.bad_frames,
+            p.exceptions
+        );
+    }
     match &s.disk {
         Some(d) => {
             let _ = writeln!(

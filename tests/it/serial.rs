@@ -404,6 +404,16 @@ fn garbage_silence_and_a_vanishing_port_are_counted_reported_and_recovered() {
         st["last_error"].as_str().unwrap().contains("cannot open"),
         "{st}"
     );
+    // `heldar status` reports it too, with the reason.
+    let status = stdout(&d.cli(&["status"]));
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("serial"))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        line.contains("io ") && line.contains("unavailable") && line.contains("cannot open"),
+        "{line}"
+    );
 
     // It comes back (same name, new pty): reopened, and a real slave is read again.
     let pty = PtyPair::start(dir.path());
