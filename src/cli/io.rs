@@ -7,7 +7,7 @@ use clap::Subcommand;
 use hyper::Method;
 
 use super::client::Client;
-use super::{CliError, runtime};
+use super::{CliError, render, runtime};
 use crate::serial::{PtzCommand, SerialStatus};
 
 #[derive(Debug, Subcommand)]
@@ -152,11 +152,7 @@ fn render(s: &SerialStatus) -> String {
             p.opens
         );
         if let Some(e) = &p.last_error {
-            let at = p
-                .last_error_at
-                .map(|t| format!(" at {}", t.format("%H:%M:%S")))
-                .unwrap_or_default();
-            let _ = writeln!(out, "{:<10} last error{at}: {e}", "");
+            out.push_str(&render::last_error("", e, p.last_error_at));
         }
     }
     if let Some(io) = &s.io {

@@ -132,11 +132,7 @@ pub fn status(s: &SystemStatus) -> String {
                 m.events_acked
             );
             if let Some(e) = &m.last_error {
-                let at = m
-                    .last_error_at
-                    .map(|t| format!(" at {}", t.format("%H:%M:%S")))
-                    .unwrap_or_default();
-                let _ = writeln!(out, "{:<10} last error{at}: {e}", "mqtt");
+                out.push_str(&last_error("mqtt", e, m.last_error_at));
             }
         }
     }
@@ -259,6 +255,14 @@ pub fn db_check(r: &CheckReport, scan: Option<&Scan>) -> String {
         if ok { "ok" } else { "PROBLEMS FOUND" }
     );
     out
+}
+
+/// `<label> last error at HH:MM:SS: <error>`, the line status views print under a component.
+pub fn last_error(label: &str, error: &str, at: Option<chrono::DateTime<chrono::Utc>>) -> String {
+    let at = at
+        .map(|t| format!(" at {}", t.format("%H:%M:%S")))
+        .unwrap_or_default();
+    format!("{label:<10} last error{at}: {error}\n")
 }
 
 fn duration(secs: u64) -> String {

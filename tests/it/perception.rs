@@ -98,6 +98,16 @@ impl Http {
     }
 }
 
+/// The reference motion worker as its own process, polling leases every 2 s.
+pub fn motion_worker(http: &Http, worker_token: &str) -> std::process::Child {
+    crate::fixtures::heldar_command()
+        .args(["worker", "motion", "--poll", "2", "--api", &http.base])
+        .args(["--token", worker_token])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 pub fn token(d: &Daemon, role: &str) -> String {
     let out = d.cli(&["--json", "token", "create", "--role", role]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -478,20 +488,7 @@ fn ball_to_sampler_to_motion_worker_to_detections() {
     let http = Http::new(&d);
     let worker_token = token(&d, "worker");
     let viewer = token(&d, "viewer");
-    let mut worker = crate::fixtures::heldar_command()
-        .args([
-            "worker",
-            "motion",
-            "--poll",
-            "2",
-            "--api",
-            &http.base,
-            "--token",
-            &worker_token,
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = motion_worker(&http, &worker_token);
 
     let rows = wait_for(Duration::from_secs(40), || {
         let rows = http

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::fixtures::{Daemon, wait_for};
 use crate::media::{camera, camera_toml};
-use crate::perception::{Http, token};
+use crate::perception::{Http, motion_worker, token};
 
 /// Two regions, a line between them, a dwell on the right.
 const ZONES: &str = "[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/none\"\nrecord = false\n\
@@ -143,20 +143,7 @@ fn a_moving_ball_crosses_a_line_on_schedule() {
     let d = Daemon::start(&config).ready();
     let http = Http::new(&d);
     let (worker_token, viewer) = (token(&d, "worker"), token(&d, "viewer"));
-    let mut worker = crate::fixtures::heldar_command()
-        .args([
-            "worker",
-            "motion",
-            "--poll",
-            "2",
-            "--api",
-            &http.base,
-            "--token",
-            &worker_token,
-        ])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = motion_worker(&http, &worker_token);
     let crossings = wait_for(Duration::from_secs(45), || {
         let events = http
             .get(
