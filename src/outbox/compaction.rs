@@ -1,18 +1,27 @@
 //! Compaction and bounds (invariant O4).
 //!
-//! Every pass: records every running consumer has finished are deleted once they are older than
+//! Every pass: records every consumer has finished are deleted once they are older than
 //! [`KEEP_CONSUMED`] (kept that long for `heldar events tail`); records older than `outbox.max_age`
 //! or beyond `outbox.max_bytes` are dropped whether consumed or not. Drops of records some consumer
 //! had not finished are added to the `outbox_dropped` counter and announced with a `system` record,
 //! so an operator sees them in `heldar outbox status`, the log and over MQTT. A pass deletes at most
 //! [`MAX_DELETE`] rows, so it never holds the writer long; producers never wait for compaction.
+//!
+//! "Every consumer" means every durable cursor in `consumer_cursors`, not only the consumers that
+//! have registered in this process: at start-up compaction may run before the uplink has started,
+//! and a consumer that is not running (the broker is unreachable, MQTT is switched off for a while)
+//! must find its records still there. A cursor that is never going to move again therefore keeps
+//! records until the bounds drop them, counted like any other drop.
+//!
+//! The outbox's size is a running count of payload bytes kept by triggers (migration 0008), so a
+//! pass costs what it deletes, not a scan of every payload.
 
 use std::time::Duration;
 
 use rusqlite::{Connection, params};
 use tokio_util::sync::CancellationToken;
 
-use super::{Kind, NewRecord, Outbox, append, count, cursor};
+use super::{BYTES, Kind, NewRecord, Outbox, append, count, counter, cursor};
 use crate::store::StoreError;
 
 pub(super) const DROPPED: &str = "outbox_dropped";
@@ -50,11 +59,7 @@ impl Outbox {
             .store
             .write(move |c| {
                 let now = chrono::Utc::now().timestamp_millis();
-                let newest: i64 = c.query_row("SELECT COALESCE(MAX(seq), 0) FROM outbox", [], |r| r.get(0))?;
-                let mut low = newest;
-                for name in &names {
-                    low = low.min(cursor(c, name)?.unwrap_or(0));
-                }
+                let low = low_water_mark(c, &names)?;
                 let consumed = c.execute(
                     "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE seq <= ?1 AND created_at_ms < ?2
                      ORDER BY seq LIMIT ?3)",
@@ -66,7 +71,7 @@ impl Outbox {
                     "SELECT seq FROM outbox WHERE created_at_ms < ?1 ORDER BY seq LIMIT ?2",
                     now - max_age_ms,
                 )?);
-                let total: i64 = c.query_row("SELECT COALESCE(SUM(length(payload)), 0) FROM outbox", [], |r| r.get(0))?;
+                let total = counter(c, BYTES)?;
                 if total > max_bytes {
                     // Down to 90 % of the bound, so a busy box does not drop a few records every pass.
                     let excess = total - max_bytes * 9 / 10;
@@ -110,6 +115,22 @@ impl Outbox {
     }
 }
 
+/// The highest seq every consumer has finished: the lowest durable cursor, and 0 while a running
+/// consumer has no cursor yet. With no consumer at all, everything is finished.
+fn low_water_mark(c: &Connection, running: &[String]) -> rusqlite::Result<i64> {
+    let (lowest_cursor, newest): (Option<i64>, i64) = c.query_row(
+        "SELECT (SELECT MIN(seq) FROM consumer_cursors), (SELECT COALESCE(MAX(seq), 0) FROM outbox)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    for name in running {
+        if cursor(c, name)?.is_none() {
+            return Ok(0);
+        }
+    }
+    Ok(lowest_cursor.map_or(newest, |low| low.min(newest)))
+}
+
 /// Deletes the rows `select` (bound to `?1` and a row limit `?2`) names; returns their seqs.
 fn delete_returning(c: &Connection, select: &str, bound: i64) -> rusqlite::Result<Vec<i64>> {
     let mut stmt = c.prepare(&format!(
@@ -121,7 +142,8 @@ fn delete_returning(c: &Connection, select: &str, bound: i64) -> rusqlite::Resul
 
 /// The seq up to which the oldest records add up to `excess` payload bytes.
 fn byte_cutoff(c: &Connection, excess: i64) -> rusqlite::Result<i64> {
-    let mut stmt = c.prepare("SELECT seq, length(payload) FROM outbox ORDER BY seq LIMIT ?1")?;
+    let mut stmt =
+        c.prepare("SELECT seq, length(CAST(payload AS BLOB)) FROM outbox ORDER BY seq LIMIT ?1")?;
     let mut rows = stmt.query([MAX_DELETE])?;
     let (mut acc, mut cutoff) = (0i64, 0i64);
     while let Some(r) = rows.next()? {

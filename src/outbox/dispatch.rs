@@ -13,7 +13,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::{Outbox, Record, count, cursor, read_after, set_cursor};
+use super::{Outbox, Record, claim_cursor, count, cursor, read_after, set_cursor};
 use crate::store::StoreError;
 
 const BATCH: u32 = 256;
@@ -82,6 +82,9 @@ impl Outbox {
     pub async fn run_local(&self, consumer: Arc<dyn LocalConsumer>, shutdown: CancellationToken) {
         let name = consumer.name().to_string();
         self.register(&name);
+        if self.claim_cursor(&name, &shutdown).await.is_none() {
+            return;
+        }
         let mut wake = self.head.subscribe();
         let mut backoff = BACKOFF_MIN;
         let mut failures: HashMap<i64, u32> = HashMap::new();
@@ -210,16 +213,8 @@ impl Outbox {
         shutdown: CancellationToken,
     ) {
         let mut wake = self.head.subscribe();
-        let mut cursor = loop {
-            match self.load_cursor(&name).await {
-                Ok(c) => break c,
-                Err(e) => {
-                    tracing::warn!(consumer = %name, error = %e, "cannot read consumer cursor");
-                    if sleep_or_stop(&shutdown, BACKOFF_MIN).await {
-                        return;
-                    }
-                }
-            }
+        let Some(mut cursor) = self.claim_cursor(&name, &shutdown).await else {
+            return;
         };
         // Sent and not yet part of the acknowledged prefix, in order.
         let mut in_flight: VecDeque<i64> = VecDeque::new();
@@ -315,6 +310,29 @@ impl Outbox {
             Err(e) => {
                 tracing::warn!(consumer = %name, error = %e, "cannot save the consumer cursor");
                 persisted
+            }
+        }
+    }
+
+    /// Makes the consumer's cursor durable (compaction keeps what it has not finished from now on,
+    /// across restarts) and returns it; retries until the store answers or `shutdown`.
+    async fn claim_cursor(&self, name: &str, shutdown: &CancellationToken) -> Option<i64> {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let n = name.to_string();
+            match self
+                .store
+                .write(move |c| Ok::<_, StoreError>(claim_cursor(c, &n)?))
+                .await
+            {
+                Ok(cursor) => return Some(cursor),
+                Err(e) => {
+                    tracing::warn!(consumer = %name, error = %e, "cannot record the consumer cursor; retrying");
+                    if sleep_or_stop(shutdown, backoff).await {
+                        return None;
+                    }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
             }
         }
     }

@@ -159,6 +159,19 @@ pub(crate) fn set_cursor(c: &Connection, consumer: &str, seq: i64) -> rusqlite::
     Ok(())
 }
 
+/// The counter holding the outbox's payload size in bytes, kept by triggers (migration 0008).
+const BYTES: &str = "outbox_bytes";
+
+/// Gives `consumer` a durable cursor at 0 if it has none, so compaction keeps its records from
+/// the moment it first exists, even while it is not running; returns its cursor.
+pub(crate) fn claim_cursor(c: &Connection, consumer: &str) -> rusqlite::Result<i64> {
+    c.execute(
+        "INSERT OR IGNORE INTO consumer_cursors (consumer, seq, updated_at_ms) VALUES (?1, 0, ?2)",
+        params![consumer, chrono::Utc::now().timestamp_millis()],
+    )?;
+    Ok(cursor(c, consumer)?.unwrap_or(0))
+}
+
 /// Adds to a persistent counter.
 pub(crate) fn count(c: &Connection, name: &str, by: i64) -> rusqlite::Result<()> {
     c.execute(
@@ -207,7 +220,8 @@ pub struct Outbox {
     config: OutboxConfig,
     /// Bumped after every commit that appended; dispatchers wait on it.
     head: Arc<watch::Sender<u64>>,
-    /// Names of the consumers running in this daemon; only their cursors hold compaction back.
+    /// Names of the consumers running in this daemon; until one has a durable cursor, it holds
+    /// compaction back from the start.
     consumers: Arc<Mutex<Vec<String>>>,
 }
 
@@ -271,11 +285,12 @@ impl Outbox {
         self.store
             .read(move |c| {
                 let now = chrono::Utc::now().timestamp_millis();
-                let (records, bytes, newest, oldest): (i64, i64, Option<i64>, Option<i64>) = c.query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(length(payload)), 0), MAX(seq), MIN(created_at_ms) FROM outbox",
+                let (records, newest, oldest): (i64, Option<i64>, Option<i64>) = c.query_row(
+                    "SELECT COUNT(*), MAX(seq), MIN(created_at_ms) FROM outbox",
                     [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )?;
+                let bytes = counter(c, BYTES)?;
                 let mut consumers = Vec::new();
                 for name in names {
                     let cursor = cursor(c, &name)?.unwrap_or(0);

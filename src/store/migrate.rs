@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_serial",
         sql: include_str!("../../migrations/0007_serial.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_outbox_bytes",
+        sql: include_str!("../../migrations/0008_outbox_bytes.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

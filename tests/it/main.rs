@@ -4,6 +4,7 @@ mod cli_golden;
 mod config;
 mod daemon;
 mod durability;
+mod faults;
 mod fixtures;
 mod maintenance;
 mod media;
