@@ -5,7 +5,9 @@
 //! 2. **size cap** (`recording.max_bytes`): the camera furthest over its fair share of the cap
 //!    (cap ÷ cameras holding footage; its locked footage counts against its own share) loses its
 //!    oldest footage first, so one busy camera cannot eat another's history;
-//! 3. **free-disk floor** (`recording.min_free`): the same fair choice until the floor is met.
+//! 3. **free-disk floor** (`recording.min_free`): the same fair choice, over the share of what
+//!    may remain once the deficit is freed, until the floor is met; one camera alone, or cameras
+//!    holding equal footage, lose their oldest unlocked footage too.
 //!
 //! Never deleted: evidence-locked segments (checked in the same statement that deletes the row)
 //! and segments a clip export is reading ([`ReadLocks`]). A row is deleted before its file, so a
@@ -260,8 +262,8 @@ impl Retention {
                 break;
             }
             let totals = self.totals().await?;
-            let total: u64 = totals.values().sum();
-            let Some(camera) = furthest_over_share(&totals, total, &protected) else {
+            let deficit = free.map_or(0, |f| floor.saturating_sub(f));
+            let Some(camera) = floor_victim(&totals, deficit, &protected) else {
                 tracing::warn!(
                     free,
                     floor,
@@ -269,7 +271,6 @@ impl Retention {
                 );
                 break;
             };
-            let deficit = free.map_or(0, |f| floor.saturating_sub(f));
             let victims = self.oldest(&camera, None, Some(deficit)).await?;
             let d = if victims.is_empty() {
                 Deleted::default()
@@ -451,6 +452,25 @@ fn furthest_over_share(
         .filter(|(camera, bytes)| !protected.contains(*camera) && **bytes > share)
         .max_by_key(|(camera, bytes)| (**bytes - share, std::cmp::Reverse((*camera).clone())))
         .map(|(camera, _)| camera.clone())
+}
+
+/// Whose footage goes to make `deficit` bytes of room: the camera furthest over its share of what
+/// may remain, else (shares already even, or the ones over it locked) the unprotected camera with
+/// the most footage. Always someone while deletable footage is left, so the floor is always met
+/// when it can be — with one camera too.
+fn floor_victim(
+    totals: &HashMap<String, u64>,
+    deficit: u64,
+    protected: &HashSet<String>,
+) -> Option<String> {
+    let total: u64 = totals.values().sum();
+    furthest_over_share(totals, total.saturating_sub(deficit), protected).or_else(|| {
+        totals
+            .iter()
+            .filter(|(camera, bytes)| !protected.contains(*camera) && **bytes > 0)
+            .max_by_key(|(camera, bytes)| (**bytes, std::cmp::Reverse((*camera).clone())))
+            .map(|(camera, _)| camera.clone())
+    })
 }
 
 /// The filesystem that holds the recordings, as reported in status and MQTT stats.

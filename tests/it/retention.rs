@@ -207,6 +207,31 @@ async fn the_free_disk_floor_is_met_fairly() {
     let _ = b;
 }
 
+/// Item 3 of issue 13: with one camera holding footage (or all holding the same), no camera was
+/// ever "over its share" of the total, so the floor deleted nothing and the disk filled.
+#[tokio::test]
+async fn the_free_disk_floor_frees_space_with_one_camera_or_equal_cameras() {
+    for cameras in [&["a"][..], &["a", "b"][..]] {
+        let probe = tempfile::tempdir().unwrap();
+        let f = fixture(None, free_bytes(probe.path()) + 3 * MIB).await;
+        let start = now_ms() - 30 * 60_000;
+        for camera in cameras {
+            for i in 0..6 {
+                f.segment(camera, start + i * 60_000, MIB, false).await;
+            }
+        }
+        let before: usize = cameras.iter().map(|c| f.files(c)).sum();
+        let report = f.retention().pass().await.unwrap();
+        assert!(report.floor.segments >= 3, "{cameras:?}: {report:?}");
+        let after: usize = cameras.iter().map(|c| f.files(c)).sum();
+        assert_eq!(
+            before - after,
+            report.floor.segments as usize,
+            "{cameras:?}"
+        );
+    }
+}
+
 fn free_bytes(dir: &Path) -> u64 {
     let s = nix::sys::statvfs::statvfs(dir).unwrap();
     s.blocks_available() as u64 * s.fragment_size() as u64
