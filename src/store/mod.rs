@@ -145,8 +145,7 @@ impl Store {
         apply_write_pragmas(&conn, path)?;
         migrate::migrate(&mut conn, path)?;
         let stats = Arc::new(WriterStats::default());
-        let writer = writer::spawn(conn, stats.clone())
-            .map_err(|e| StoreError::io("cannot start the writer thread", e))?;
+        let writer = writer::spawn(conn, stats.clone())?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),

@@ -16,14 +16,17 @@
 //! - A job that returns an error or panics is rolled back to its savepoint; the others in the
 //!   group still commit. The caller gets its own error (or `Panicked`).
 //! - If SQLite abandons the whole transaction (disk full, I/O error), every job already run in the
-//!   group gets that error; nothing was written for them, so none of them was acknowledged.
+//!   group gets that error; nothing was written for them, so none of them was acknowledged. A
+//!   rollback is seen by SQLite's rollback hook, not only by the connection being back in
+//!   autocommit, and is looked for both before and after the job's savepoint is settled: a
+//!   RELEASE can end the transaction, and a new one may be open by then (a job that ran ROLLBACK).
 //! - If COMMIT fails, every job in the group gets the error.
 //! - A full queue makes callers wait up to `ENQUEUE_TIMEOUT`, then fail with `Busy` (HTTP 503),
 //!   so a stalled disk shows up as refusals, never as a hang.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -159,19 +162,35 @@ impl WriterHandle {
 }
 
 /// Starts the writer thread on an open, migrated connection.
-pub(super) fn spawn(conn: Connection, stats: Arc<WriterStats>) -> std::io::Result<WriterHandle> {
+pub(super) fn spawn(
+    mut conn: Connection,
+    stats: Arc<WriterStats>,
+) -> Result<WriterHandle, StoreError> {
+    let rolled_back = Arc::new(AtomicBool::new(false));
+    let flag = rolled_back.clone();
+    conn.rollback_hook(Some(move || flag.store(true, Ordering::SeqCst)))?;
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(conn, rx, &stats))?;
+        .spawn(move || run(conn, rx, &stats, &rolled_back))
+        .map_err(|e| StoreError::io("cannot start the writer thread", e))?;
     Ok(WriterHandle { tx })
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Message>, stats: &WriterStats) {
+/// `rolled_back` is set by SQLite's rollback hook whenever a whole transaction is rolled back.
+fn run(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Message>,
+    stats: &WriterStats,
+    rolled_back: &AtomicBool,
+) {
     let mut on_closed = None;
     while let Some(message) = rx.blocking_recv() {
         match message {
-            Message::Job(first) => group(&conn, first, &mut rx, stats, &mut on_closed),
+            Message::Job(first) => {
+                rolled_back.store(false, Ordering::SeqCst);
+                group(&conn, first, &mut rx, stats, rolled_back, &mut on_closed)
+            }
             Message::Close(done) => {
                 // Refuse new work; what is already queued is still delivered by this loop.
                 rx.close();
@@ -189,12 +208,19 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Message>, stats: &WriterStats) {
     }
 }
 
+/// Whether the group's transaction is gone: ended (autocommit again) or rolled back by SQLite,
+/// even if a new transaction has been opened since.
+fn transaction_lost(conn: &Connection, rolled_back: &AtomicBool) -> bool {
+    conn.is_autocommit() || rolled_back.load(Ordering::SeqCst)
+}
+
 /// Runs one group transaction starting with `first` and whatever else is queued.
 fn group(
     conn: &Connection,
     first: Box<dyn Job>,
     rx: &mut mpsc::Receiver<Message>,
     stats: &WriterStats,
+    rolled_back: &AtomicBool,
     on_closed: &mut Option<oneshot::Sender<()>>,
 ) {
     let started = Instant::now();
@@ -218,16 +244,25 @@ fn group(
         } else {
             "ROLLBACK TO job; RELEASE job"
         };
-        if conn.is_autocommit() {
+        let settled = if transaction_lost(conn, rolled_back) {
+            Err(StoreError::TransactionLost)
+        } else {
+            conn.execute_batch(settle).map_err(StoreError::from)
+        };
+        // Looked at again after settling: a RELEASE can end the transaction too.
+        if transaction_lost(conn, rolled_back) {
             // SQLite rolled the whole transaction back (disk full, I/O error): every job run so
-            // far in this group lost its write.
+            // far in this group lost its write. Whatever transaction is open now is not ours.
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            rolled_back.store(false, Ordering::SeqCst);
             let err = StoreError::TransactionLost;
             job.fail(&err);
             abort_all(&mut in_tx, &err, stats);
             stats.jobs_failed.fetch_add(1, Ordering::Relaxed);
             job.finish();
-        } else if let Err(e) = conn.execute_batch(settle) {
-            let err = StoreError::from(e);
+        } else if let Err(err) = settled {
             job.fail(&err);
             stats.jobs_failed.fetch_add(1, Ordering::Relaxed);
             job.finish();

@@ -307,3 +307,47 @@ async fn store_survives_its_writers_being_dropped_mid_flight() {
     s.close().await;
     assert!(count_items(&store::db_path(dir.path())) >= 1);
 }
+
+/// Item 11 of issue 13: SQLite rolls the group's transaction back under a job, and what the
+/// writer finds when it settles the job's savepoint is either no transaction (the RELEASE ended
+/// it) or a new one. The jobs run before it in the group lost their writes: they were answered
+/// `Closed` (no answer at all) in the first case and as committed in the second.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_rolled_back_under_a_savepoint_is_never_answered_as_committed() {
+    // What SQLite's own rollback looks like to the writer, without and with a new transaction.
+    for rollback in ["ROLLBACK; SAVEPOINT job", "ROLLBACK; BEGIN; SAVEPOINT job"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store::db_path(dir.path());
+        let s = Store::open(&path).unwrap();
+        create_items(&s).await.unwrap();
+        // Hold the writer so the next two writes form one group, in order.
+        let blocker = s.write(|_| {
+            std::thread::sleep(Duration::from_millis(200));
+            Ok::<_, StoreError>(())
+        });
+        let (first, (inserted, rogue)) = tokio::join!(blocker, async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::join!(
+                insert(&s, 1, 1),
+                s.write(move |c| {
+                    c.execute_batch(rollback)?;
+                    Ok::<_, StoreError>(())
+                })
+            )
+        });
+        first.unwrap();
+        let stored = count_items(&path);
+        assert_eq!(stored, 0, "{rollback}: the group's insert was rolled back");
+        assert!(
+            matches!(inserted, Err(StoreError::TransactionLost)),
+            "{rollback}: the insert was answered {inserted:?}"
+        );
+        assert!(
+            matches!(rogue, Err(StoreError::TransactionLost)),
+            "{rollback}: {rogue:?}"
+        );
+        // The writer goes on: later writes commit normally.
+        insert(&s, 2, 1).await.unwrap();
+        assert_eq!(count_items(&path), 1);
+    }
+}
