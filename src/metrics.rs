@@ -22,6 +22,14 @@ pub struct IngestOutcome {
     pub outcome: &'static str,
 }
 
+/// Which outbox consumer failed, and why, as labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerFailure {
+    pub consumer: String,
+    /// `store` (retried until it works) or `malformed` (skipped after repeated attempts).
+    pub cause: &'static str,
+}
+
 /// The process-wide instruments.
 pub struct Instruments {
     pub ingest_requests: Family<IngestOutcome, Counter>,
@@ -30,6 +38,7 @@ pub struct Instruments {
     pub store_commit_seconds: Histogram,
     pub mqtt_acks: Counter,
     pub mqtt_publish_seconds: Histogram,
+    pub consumer_failures: Family<ConsumerFailure, Counter>,
 }
 
 /// Latency buckets from 0.5 ms to about 8 s: commits on flash take milliseconds, a stalled
@@ -45,6 +54,7 @@ pub static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     store_commit_seconds: Histogram::new(latency_buckets()),
     mqtt_acks: Counter::default(),
     mqtt_publish_seconds: Histogram::new(latency_buckets()),
+    consumer_failures: Family::default(),
 });
 
 impl Instruments {
@@ -56,9 +66,23 @@ impl Instruments {
         self.ingest_seconds.observe(took.as_secs_f64());
     }
 
+    pub fn consumer_failed(&self, consumer: &str, cause: &'static str) {
+        self.consumer_failures
+            .get_or_create(&ConsumerFailure {
+                consumer: consumer.to_string(),
+                cause,
+            })
+            .inc();
+    }
+
     /// Adds the instruments to a scrape's registry. The metrics are shared handles, so the
     /// scrape reads the live values.
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "heldar_consumer_failures",
+            "Failed attempts of a local outbox consumer, by cause",
+            self.consumer_failures.clone(),
+        );
         registry.register(
             "heldar_ingest_requests",
             "Worker event posts answered, by outcome",

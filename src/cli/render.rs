@@ -450,6 +450,9 @@ pub fn outbox(s: &crate::outbox::OutboxStatus) -> String {
             c.backlog,
             age(c.oldest_age_s)
         );
+        if let Some(error) = &c.failing {
+            let _ = writeln!(out, "           failing: {error}");
+        }
     }
     out
 }

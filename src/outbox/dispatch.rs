@@ -1,9 +1,15 @@
 //! Dispatchers: one task per consumer, reading after its cursor, in order, in batches.
 //!
 //! A failing consumer is retried with backoff (1 s → 30 s) by its own task, so it never holds up
-//! another. Failure policy for a local consumer: a batch that fails is retried one record at a
-//! time; a record that fails [`POISON_ATTEMPTS`] times in a row is skipped with an error log and a
-//! `consumer_skipped` counter, because one malformed record must not stop a consumer for ever.
+//! another. Failure policy for a local consumer, by the kind of [`ConsumeError`]:
+//! - a **storage** failure (disk full, I/O error, busy) is retried for as long as it lasts: the
+//!   record is fine and its effect must happen once the store works again;
+//! - a **malformed** record: the batch is retried one record at a time, and a record that fails
+//!   [`POISON_ATTEMPTS`] times in a row is skipped with an error log and a `consumer_skipped`
+//!   counter, because one record nobody can read must not stop a consumer for ever.
+//!
+//! Every failure is counted in `heldar_consumer_failures_total{consumer, cause}` and shown, while
+//! it lasts, in the consumer's line of `heldar outbox status`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -14,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{Outbox, Record, claim_cursor, count, cursor, read_after, set_cursor};
+use crate::metrics::INSTRUMENTS;
 use crate::store::StoreError;
 
 const BATCH: u32 = 256;
@@ -34,10 +41,38 @@ pub trait LocalConsumer: Send + Sync + 'static {
     /// Applies the effect of `records` (in `seq` order) on the writer's transaction; the same
     /// transaction then advances the cursor (invariant O2). Runs on the writer thread: no I/O
     /// but SQLite, and quick.
-    fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), String>;
+    fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), ConsumeError>;
 
     /// Called after the transaction that applied records committed (e.g. to notify others).
     fn committed(&self) {}
+}
+
+/// Why a local consumer could not apply records; decides whether a record may ever be skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// The consumer cannot understand a record: retrying cannot help, so after
+    /// [`POISON_ATTEMPTS`] attempts it is skipped (counted).
+    #[error("malformed record: {0}")]
+    Malformed(String),
+    /// The store failed (disk full, I/O error, busy): retried until it works, never skipped.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for ConsumeError {
+    fn from(e: rusqlite::Error) -> Self {
+        ConsumeError::Store(e.into())
+    }
+}
+
+impl ConsumeError {
+    /// The `cause` label of `heldar_consumer_failures_total`.
+    fn cause(&self) -> &'static str {
+        match self {
+            ConsumeError::Malformed(_) => "malformed",
+            ConsumeError::Store(_) => "store",
+        }
+    }
 }
 
 /// The consumer's side of an external dispatcher (MQTT uplink, a test receiver).
@@ -132,9 +167,9 @@ impl Outbox {
             let result = self
                 .store
                 .write(move |c| {
-                    applier.apply(c, &records).map_err(ApplyError::Consumer)?;
-                    set_cursor(c, &cursor_name, last).map_err(|e| ApplyError::Store(e.into()))?;
-                    Ok::<_, ApplyError>(())
+                    applier.apply(c, &records)?;
+                    set_cursor(c, &cursor_name, last)?;
+                    Ok::<_, ConsumeError>(())
                 })
                 .await;
             match result {
@@ -142,8 +177,19 @@ impl Outbox {
                     consumer.committed();
                     backoff = BACKOFF_MIN;
                     failures.remove(&last);
+                    self.set_failing(&name, None);
                 }
                 Err(e) => {
+                    INSTRUMENTS.consumer_failed(&name, e.cause());
+                    self.set_failing(&name, Some(e.to_string()));
+                    if let ConsumeError::Store(e) = &e {
+                        tracing::warn!(consumer = %name, seq = last, error = %e, "storage failed under the consumer; retrying until it works");
+                        if sleep_or_stop(&shutdown, backoff).await {
+                            return;
+                        }
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
                     let n = failures.entry(last).or_default();
                     *n += 1;
                     tracing::warn!(consumer = %name, seq = last, attempt = *n, error = %e, "consumer failed; retrying");
@@ -343,14 +389,6 @@ impl Outbox {
             .read(move |c| Ok::<_, StoreError>(cursor(c, &name)?.unwrap_or(0)))
             .await
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum ApplyError {
-    #[error("{0}")]
-    Consumer(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// Sleeps unless `shutdown` comes first; returns whether to stop.

@@ -22,13 +22,14 @@
 mod compaction;
 mod dispatch;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use dispatch::{Acker, ExternalEnd, LocalConsumer};
+pub use dispatch::{Acker, ConsumeError, ExternalEnd, LocalConsumer};
 
 use crate::config::model::OutboxConfig;
 use crate::store::{Store, StoreError};
@@ -199,6 +200,9 @@ pub struct ConsumerLag {
     pub backlog: u64,
     /// Age of the oldest record this consumer has not finished, in seconds.
     pub oldest_age_s: Option<f64>,
+    /// Why its last attempt failed, while it keeps failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failing: Option<String>,
 }
 
 /// What `heldar outbox status` shows.
@@ -223,6 +227,8 @@ pub struct Outbox {
     /// Names of the consumers running in this daemon; until one has a durable cursor, it holds
     /// compaction back from the start.
     consumers: Arc<Mutex<Vec<String>>>,
+    /// The last error of each local consumer that is failing now.
+    failing: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Outbox {
@@ -232,6 +238,7 @@ impl Outbox {
             config,
             head: Arc::new(watch::channel(0).0),
             consumers: Arc::default(),
+            failing: Arc::default(),
         }
     }
 
@@ -273,6 +280,14 @@ impl Outbox {
         }
     }
 
+    fn set_failing(&self, name: &str, error: Option<String>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match error {
+            Some(e) => failing.insert(name.to_string(), e),
+            None => failing.remove(name),
+        };
+    }
+
     fn registered(&self) -> Vec<String> {
         self.consumers
             .lock()
@@ -282,6 +297,11 @@ impl Outbox {
 
     pub async fn status(&self) -> Result<OutboxStatus, StoreError> {
         let names = self.registered();
+        let failing = self
+            .failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         self.store
             .read(move |c| {
                 let now = chrono::Utc::now().timestamp_millis();
@@ -300,10 +320,11 @@ impl Outbox {
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )?;
                     consumers.push(ConsumerLag {
-                        consumer: name,
                         cursor,
                         backlog: backlog as u64,
                         oldest_age_s: oldest_unfinished.map(|t| (now - t) as f64 / 1000.0),
+                        failing: failing.get(&name).cloned(),
+                        consumer: name,
                     });
                 }
                 Ok::<_, StoreError>(OutboxStatus {

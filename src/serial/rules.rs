@@ -20,7 +20,7 @@ use super::modbus::schedule_pulse;
 use super::pelco::PtzCommand;
 use crate::config::model::RuleConfig;
 use crate::config::rules::{Action, RelayOp, Trigger};
-use crate::outbox::{LocalConsumer, Record};
+use crate::outbox::{ConsumeError, LocalConsumer, Record};
 use crate::store::{Store, StoreError};
 
 pub const CONSUMER: &str = "rules";
@@ -82,7 +82,7 @@ impl LocalConsumer for RulesConsumer {
         CONSUMER
     }
 
-    fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), String> {
+    fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), ConsumeError> {
         let now = chrono::Utc::now().timestamp_millis();
         let oldest = now - MAX_EVENT_AGE.as_millis() as i64;
         for r in records.iter().filter(|r| r.ts_ms >= oldest) {
@@ -93,7 +93,7 @@ impl LocalConsumer for RulesConsumer {
                          VALUES (?1, ?2, ?3, ?4)",
                         params![r.seq, i as i64, rule.action, now],
                     )
-                    .map_err(|e| e.to_string())?;
+                    ?;
                 }
             }
         }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use engine::{CameraState, Observation, Occupancy, TrackKey, Zone, ZoneEvent};
 
-use crate::outbox::{self, Kind, LocalConsumer, NewRecord, Outbox, Record};
+use crate::outbox::{self, ConsumeError, Kind, LocalConsumer, NewRecord, Outbox, Record};
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 
@@ -150,7 +150,7 @@ impl LocalConsumer for Applier {
         CONSUMER
     }
 
-    fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), String> {
+    fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), ConsumeError> {
         let zones = self.zones.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut states: BTreeMap<String, CameraState> = BTreeMap::new();
         let mut last_ts: HashMap<String, i64> = HashMap::new();
@@ -163,21 +163,18 @@ impl LocalConsumer for Applier {
                 continue;
             };
             if !states.contains_key(camera) {
-                states.insert(
-                    camera.clone(),
-                    load_state(c, camera).map_err(|e| e.to_string())?,
-                );
+                states.insert(camera.clone(), load_state(c, camera)?);
             }
             let state = states.get_mut(camera).expect("just inserted");
             let events = state.observe(camera_zones, r.ts_ms, &observations(r));
-            write_events(c, &events).map_err(|e| e.to_string())?;
+            write_events(c, &events)?;
             last_ts.insert(camera.clone(), r.ts_ms);
         }
         for (camera, state) in &states {
             let camera_zones = zones.get(camera).cloned().unwrap_or_default();
             let now = last_ts.get(camera).copied().unwrap_or_default();
-            write_occupancy(c, camera, state, &camera_zones, now).map_err(|e| e.to_string())?;
-            save_state(c, camera, state).map_err(|e| e.to_string())?;
+            write_occupancy(c, camera, state, &camera_zones, now)?;
+            save_state(c, camera, state)?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use heldar_edge::outbox::{LocalConsumer, Outbox, Record};
+use heldar_edge::outbox::{ConsumeError, LocalConsumer, Outbox, Record};
 use rand::Rng;
 use rusqlite::Connection;
 use serde_json::json;
@@ -24,14 +24,12 @@ impl LocalConsumer for Counter {
         "test-counter"
     }
 
-    fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), String> {
+    fn apply(&self, c: &Connection, records: &[Record]) -> Result<(), ConsumeError> {
         c.execute_batch(
             "CREATE TABLE IF NOT EXISTS test_seen (seq INTEGER PRIMARY KEY, n INTEGER NOT NULL)",
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         for r in records {
-            c.execute("INSERT INTO test_seen (seq, n) VALUES (?1, 1) ON CONFLICT (seq) DO UPDATE SET n = n + 1", [r.seq])
-                .map_err(|e| e.to_string())?;
+            c.execute("INSERT INTO test_seen (seq, n) VALUES (?1, 1) ON CONFLICT (seq) DO UPDATE SET n = n + 1", [r.seq])?;
         }
         Ok(())
     }

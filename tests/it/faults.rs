@@ -3,12 +3,18 @@
 //! checks the invariants once the fault clears. Each test is named after the behaviour that failed
 //! before its fix (issue 13).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use heldar_edge::config::model::OutboxConfig;
+use heldar_edge::outbox::{ConsumeError, Kind, LocalConsumer, NewRecord, Outbox, Record};
+use heldar_edge::store::{self, Store, StoreError};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
-use crate::fixtures::{Daemon, wait_for};
+use crate::fixtures::{Daemon, Tmpfs, wait_for};
 use crate::mqtt::{
     Broker, BrokerSetup, Sub, daemon_with_broker, db, events, outbox, post_batches,
     wait_all_delivered,
@@ -122,4 +128,116 @@ fn outbox_size_counts_payload_bytes_not_characters() {
         .unwrap();
     restart(&mut d);
     assert_eq!(outbox_status(&d)["bytes"], stored(&d));
+}
+
+/// A consumer whose effect needs room on disk: a 256 KiB row per record.
+struct RoomyEffect {
+    attempts: Arc<AtomicU32>,
+}
+
+impl LocalConsumer for RoomyEffect {
+    fn name(&self) -> &str {
+        "test-roomy"
+    }
+
+    fn apply(&self, c: &rusqlite::Connection, records: &[Record]) -> Result<(), ConsumeError> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        for r in records {
+            c.execute(
+                "INSERT INTO test_effects (seq, body) VALUES (?1, zeroblob(262144))",
+                [r.seq],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Item 5: a local consumer failing because the disk is full used to be treated like a record it
+/// cannot parse: after 10 attempts the record was skipped and its effect lost for good.
+#[tokio::test(start_paused = true)]
+async fn a_consumer_failing_on_a_full_disk_is_retried_not_skipped() {
+    let disk = Tmpfs::mount("16m");
+    let store = Store::open(&store::db_path(disk.path())).unwrap();
+    store
+        .write(|c| {
+            c.execute_batch(
+                "CREATE TABLE test_effects (seq INTEGER PRIMARY KEY, body BLOB NOT NULL);
+                 INSERT INTO consumer_cursors (consumer, seq, updated_at_ms) VALUES ('test-roomy', 0, 0);",
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    let outbox = Outbox::new(store.clone(), OutboxConfig::default());
+    let seq = outbox
+        .publish(NewRecord {
+            kind: Kind::System,
+            r#type: "test".into(),
+            camera_id: None,
+            ts_ms: 0,
+            payload: json!({}),
+        })
+        .await
+        .unwrap();
+    // Room for a cursor update, none for the effect.
+    let filler = disk.fill(128 << 10);
+    let attempts = Arc::new(AtomicU32::new(0));
+    let stop = CancellationToken::new();
+    let consumer = Arc::new(RoomyEffect {
+        attempts: attempts.clone(),
+    });
+    let task = tokio::spawn({
+        let (outbox, stop) = (outbox.clone(), stop.clone());
+        async move { outbox.run_local(consumer, stop).await }
+    });
+    let cursor = |store: Store| async move {
+        store
+            .read(|c| {
+                Ok::<i64, StoreError>(c.query_row(
+                    "SELECT seq FROM consumer_cursors WHERE consumer = 'test-roomy'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap()
+    };
+    // Well past the 10 attempts after which a failing record used to be skipped.
+    for _ in 0..600 {
+        if attempts.load(Ordering::SeqCst) >= 15 || cursor(store.clone()).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        cursor(store.clone()).await,
+        0,
+        "the record was skipped while the disk was full"
+    );
+    let status = outbox.status().await.unwrap();
+    let lag = status.consumers.iter().find(|c| c.consumer == "test-roomy");
+    assert!(
+        lag.and_then(|l| l.failing.as_deref())
+            .is_some_and(|e| e.contains("disk full") || e.contains("lost")),
+        "the failure shows in outbox status: {lag:?}"
+    );
+    std::fs::remove_file(filler).unwrap();
+    let mut waited = 0;
+    while cursor(store.clone()).await < seq {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        waited += 1;
+        assert!(waited < 600, "the consumer never caught up");
+    }
+    let effects: i64 = store
+        .read(|c| {
+            Ok::<i64, StoreError>(
+                c.query_row("SELECT COUNT(*) FROM test_effects", [], |r| r.get(0))?,
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(effects, 1, "the effect is applied once the disk has room");
+    stop.cancel();
+    task.await.unwrap();
+    store.close().await;
 }

@@ -216,3 +216,59 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// A small tmpfs mounted for one test (a disk that really fills up), unmounted on drop.
+/// Needs root (CI and `make test` run as root here); anything else is a loud failure, not a skip.
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (the fault tests need root): {}",
+            stderr(&out)
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a filler file until the filesystem is full, then gives `room` bytes back (small
+    /// writes succeed, large ones fail: a disk nearly full); returns the filler's path.
+    pub fn fill(&self, room: u64) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0xa5u8; 64 << 10];
+        loop {
+            if let Err(e) = f.write_all(&block) {
+                assert_eq!(e.raw_os_error(), Some(nix::libc::ENOSPC), "{e}");
+                break;
+            }
+        }
+        // Smaller writes take the last partial block too.
+        while f.write_all(&[0u8; 512]).is_ok() {}
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(room)).unwrap();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
