@@ -223,10 +223,10 @@ impl Drop for Sub {
     }
 }
 
-const CAMERA: &str =
+pub const CAMERA: &str =
     "[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/none\"\nrecord = false\n";
 
-fn daemon_with_broker(mqtt: &str) -> Daemon {
+pub fn daemon_with_broker(mqtt: &str) -> Daemon {
     Daemon::start(&format!(
         "[recording]\nmin_free = \"0\"\n{CAMERA}\n[mqtt]\n{mqtt}\n"
     ))
@@ -234,7 +234,7 @@ fn daemon_with_broker(mqtt: &str) -> Daemon {
 }
 
 /// Posts `n` one-detection batches from `threads` connections; returns the frame ids acknowledged.
-fn post_batches(
+pub fn post_batches(
     http: &Http,
     token: &str,
     prefix: &str,
@@ -273,12 +273,12 @@ fn post_batches(
     acked.into_inner().unwrap()
 }
 
-fn db(d: &Daemon) -> rusqlite::Connection {
+pub fn db(d: &Daemon) -> rusqlite::Connection {
     rusqlite::Connection::open(d.dir.path().join("data/heldar.db")).unwrap()
 }
 
 /// Every outbox record: seq -> event id.
-fn outbox(d: &Daemon) -> BTreeMap<i64, String> {
+pub fn outbox(d: &Daemon) -> BTreeMap<i64, String> {
     let c = db(d);
     let mut stmt = c.prepare("SELECT seq, event_id FROM outbox").unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -287,7 +287,7 @@ fn outbox(d: &Daemon) -> BTreeMap<i64, String> {
         .collect()
 }
 
-fn uplink_cursor(d: &Daemon) -> i64 {
+pub fn uplink_cursor(d: &Daemon) -> i64 {
     db(d)
         .query_row(
             "SELECT COALESCE((SELECT seq FROM consumer_cursors WHERE consumer = 'mqtt'), 0)",
@@ -298,7 +298,7 @@ fn uplink_cursor(d: &Daemon) -> i64 {
 }
 
 /// Event messages received: seq -> (id, how often the box sent it).
-fn events(sub: &Sub) -> BTreeMap<i64, (String, usize)> {
+pub fn events(sub: &Sub) -> BTreeMap<i64, (String, usize)> {
     let mut out: BTreeMap<i64, (String, usize)> = BTreeMap::new();
     for g in sub.all() {
         if !g.topic.contains("/events/") || g.dup {
@@ -317,7 +317,7 @@ fn events(sub: &Sub) -> BTreeMap<i64, (String, usize)> {
 }
 
 /// Waits until the subscriber has every outbox record; returns the seqs still missing.
-fn wait_all_delivered(d: &Daemon, sub: &Sub, timeout: Duration) -> Vec<i64> {
+pub fn wait_all_delivered(d: &Daemon, sub: &Sub, timeout: Duration) -> Vec<i64> {
     let deadline = Instant::now() + timeout;
     loop {
         let want = outbox(d);
