@@ -12,7 +12,9 @@
 //! for the outbox, so after every connection loss this module drops whatever rumqttc would replay,
 //! forgets the pairings, and asks the outbox dispatcher to resend from its cursor (a new
 //! generation). Redelivery therefore never depends on the broker's session, and repeats are
-//! limited to records that were not acknowledged.
+//! limited to records that were not acknowledged. rumqttc's own connection state is replaced
+//! then too (see [`recover`]): its `clean()` keeps a pending packet-id collision, which would
+//! otherwise keep the new connection from sending anything (issue 13).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -20,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    Request, TlsConfiguration, Transport,
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, MqttState,
+    Outgoing, QoS, Request, TlsConfiguration, Transport,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -390,16 +392,37 @@ fn handle(link: &Link, acker: &Acker, inbound: &mpsc::Sender<Inbound>, event: Ev
 
 /// After a connection loss: settle the events rumqttc still holds, then drop everything it
 /// would replay and forget the pairings; the outbox resends from its cursor.
+///
+/// rumqttc's connection state is replaced by a fresh one here. Its packet ids run 1..=window and
+/// are shared with subscribes and with publishes that are not outbox records, so after a
+/// reconnect (subscribes, retained state, a window of records) or with a broker that is slow to
+/// acknowledge one publish, the next id can still be in flight: rumqttc parks that publish as a
+/// "collision" and takes no more requests until the id is acknowledged. rumqttc 0.25.1 (the
+/// latest release) keeps the parked publish across `clean()`, and since the uplink drops
+/// rumqttc's replays, the acknowledgement that would release it never comes: the next
+/// connection sends nothing, pings out after two keep-alives, and does the same again for ever.
+/// Sizing the window cannot rule collisions out, because subscribes and non-record publishes
+/// are not bounded by the outbox window and one withheld acknowledgement is enough; a fresh state
+/// per connection makes any collision end with its connection, and nothing stale (collision,
+/// packet-id counter, in-flight slots) reaches the next one.
 fn recover(link: &Link, eventloop: &mut EventLoop, acker: &Acker, inbound: &mpsc::Sender<Inbound>) {
     let buffered: Vec<Event> = eventloop.state.events.drain(..).collect();
     for event in buffered {
         handle(link, acker, inbound, event);
     }
-    let never_written = eventloop
-        .pending
-        .iter()
-        .filter(|r| matches!(r, Request::Publish(p) if p.qos != QoS::AtMostOnce && p.pkid == 0))
-        .count();
+    // The parked publish was never written and was requested before everything in `pending`
+    // and the request channel, so its tag leads theirs in `queued` and goes with them.
+    let parked = usize::from(eventloop.state.collision.is_some());
+    eventloop.state = MqttState::new(
+        eventloop.mqtt_options.inflight(),
+        eventloop.mqtt_options.manual_acks(),
+    );
+    let never_written = parked
+        + eventloop
+            .pending
+            .iter()
+            .filter(|r| matches!(r, Request::Publish(p) if p.qos != QoS::AtMostOnce && p.pkid == 0))
+            .count();
     eventloop.pending.clear();
     let mut t = link.tracker.lock().unwrap_or_else(|e| e.into_inner());
     let had_work = never_written > 0 || !t.inflight.is_empty();

@@ -9,6 +9,7 @@ mod fixtures;
 mod maintenance;
 mod media;
 mod mqtt;
+mod mqtt_faults;
 mod perception;
 mod retention;
 mod serial;
