@@ -65,6 +65,8 @@ struct Board {
     requests: mpsc::Sender<modbus::IoRequest>,
     state: Arc<Mutex<IoState>>,
     relays: u16,
+    /// Its port's status (also in `Inner::ports`).
+    port: port::StatusCell,
 }
 
 struct Inner {
@@ -111,6 +113,7 @@ impl Serial {
                         requests: tx,
                         state: state.clone(),
                         relays: s.relays,
+                        port: status.clone(),
                     });
                     board_task = Some(modbus::IoBoard {
                         config: s.clone(),
@@ -185,6 +188,26 @@ impl Serial {
             });
         }
         Ok(())
+    }
+
+    /// Refuses while the I/O board's port is not open: what is scheduled for the board now (a
+    /// rule's pulse) would not be given.
+    pub fn board_open(&self) -> Result<(), SerialError> {
+        let board = self
+            .inner
+            .board
+            .as_ref()
+            .ok_or(SerialError::NotConfigured("modbus-rtu I/O board"))?;
+        let port = board.port.get();
+        if port.state == "open" {
+            return Ok(());
+        }
+        Err(SerialError::Unavailable(format!(
+            "port {} is {}: {}",
+            port.name,
+            port.state,
+            port.last_error.as_deref().unwrap_or("not open yet")
+        )))
     }
 
     /// Drives a relay; answers once the board confirmed (or why it could not).

@@ -7,7 +7,15 @@
 //! board then drives the relay from `relay_pulses`), so a pulse is never given twice; on, off
 //! and PTZ goto are idempotent, so the one repeat a crash between doing and marking can cause
 //! changes nothing.
+//!
+//! An action that fails for a reason that may pass (the adapter unplugged, the device not
+//! answering, the store busy) stays pending and is retried with backoff until it succeeds or is
+//! older than [`MAX_ACTION_AGE`]; its last error is kept in `result` meanwhile, and the final
+//! outcome (`ok`, `error: …`, `expired after N attempts: …`) when it is done. A pulse is only
+//! scheduled while the board's port is open, so it is not counted as given while nobody can give
+//! it. An action that can never work (a relay the board lacks) is done at once with its error.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +23,9 @@ use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::Serial;
 use super::modbus::schedule_pulse;
 use super::pelco::PtzCommand;
+use super::{Serial, SerialError};
 use crate::config::model::RuleConfig;
 use crate::config::rules::{Action, RelayOp, Trigger};
 use crate::outbox::{ConsumeError, LocalConsumer, Record};
@@ -28,6 +36,11 @@ pub const CONSUMER: &str = "rules";
 /// Events older than this fire nothing: a siren for what happened ten minutes ago (records
 /// replayed after rules were switched back on, a worker's late backlog) helps nobody.
 const MAX_EVENT_AGE: Duration = Duration::from_secs(600);
+/// A pending action still failing this long after it was decided is given up: a relay that
+/// clicks minutes after its event would mislead more than it helps.
+const MAX_ACTION_AGE: Duration = Duration::from_secs(120);
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// A rule as the config wrote it, parsed (validation already refused bad ones).
 #[derive(Clone, Debug)]
@@ -108,6 +121,21 @@ impl LocalConsumer for RulesConsumer {
 struct Pending {
     id: i64,
     action: String,
+    created_at_ms: i64,
+}
+
+/// Attempts so far and when the next one is due, per pending action that failed.
+struct Retry {
+    attempts: u32,
+    next: tokio::time::Instant,
+}
+
+/// Whether a failure may pass: those are retried, the others are final.
+fn transient(e: &SerialError) -> bool {
+    matches!(
+        e,
+        SerialError::Unavailable(_) | SerialError::Device(_) | SerialError::Store(_)
+    )
 }
 
 /// The executor half.
@@ -119,11 +147,17 @@ pub struct RulesExecutor {
 
 impl RulesExecutor {
     pub async fn run(self, shutdown: CancellationToken) {
+        let mut retries: HashMap<i64, Retry> = HashMap::new();
         loop {
             match self.pending().await {
                 Ok(pending) => {
+                    let now = tokio::time::Instant::now();
+                    retries.retain(|id, _| pending.iter().any(|p| p.id == *id));
                     for p in pending {
-                        self.execute(p).await;
+                        if retries.get(&p.id).is_some_and(|r| r.next > now) {
+                            continue;
+                        }
+                        self.execute(p, &mut retries).await;
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "cannot read pending rule actions"),
@@ -140,12 +174,13 @@ impl RulesExecutor {
         self.store
             .read(|c| {
                 let mut stmt = c.prepare(
-                    "SELECT id, action FROM rule_actions WHERE done_at_ms IS NULL ORDER BY id LIMIT 100",
+                    "SELECT id, action, created_at_ms FROM rule_actions WHERE done_at_ms IS NULL ORDER BY id LIMIT 100",
                 )?;
                 let rows = stmt.query_map([], |r| {
                     Ok(Pending {
                         id: r.get(0)?,
                         action: r.get(1)?,
+                        created_at_ms: r.get(2)?,
                     })
                 })?;
                 Ok::<_, StoreError>(rows.collect::<Result<_, _>>()?)
@@ -169,7 +204,24 @@ impl RulesExecutor {
         }
     }
 
-    async fn execute(&self, p: Pending) {
+    /// Keeps the action pending with its last error, to be tried again later.
+    async fn note_failure(&self, id: i64, error: String) {
+        let noted = self
+            .store
+            .write(move |c| {
+                c.execute(
+                    "UPDATE rule_actions SET result = ?1 WHERE id = ?2 AND done_at_ms IS NULL",
+                    params![format!("retrying: {error}"), id],
+                )?;
+                Ok::<_, StoreError>(())
+            })
+            .await;
+        if let Err(e) = noted {
+            tracing::warn!(id, error = %e, "cannot record a rule action's failure");
+        }
+    }
+
+    async fn execute(&self, p: Pending, retries: &mut HashMap<i64, Retry>) {
         let action: Action = match p.action.parse() {
             Ok(a) => a,
             Err(e) => {
@@ -182,8 +234,12 @@ impl RulesExecutor {
                 relay,
                 op: RelayOp::Pulse(d),
             } => {
-                if let Err(e) = self.serial.check_relay(relay) {
-                    Err(e.to_string())
+                if let Err(e) = self
+                    .serial
+                    .check_relay(relay)
+                    .and_then(|()| self.serial.board_open())
+                {
+                    Err(e)
                 } else {
                     // Done and the pulse's end in one transaction: given once, crash or not.
                     let until = chrono::Utc::now().timestamp_millis() + d.get().as_millis() as i64;
@@ -207,25 +263,37 @@ impl RulesExecutor {
                             tracing::info!(action = %p.action, "rule fired");
                             return;
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(SerialError::Store(e)),
                     }
                 }
             }
-            Action::Relay { relay, op } => self
-                .serial
-                .relay(relay, op)
-                .await
-                .map_err(|e| e.to_string()),
-            Action::PtzGoto { camera, preset } => self
-                .serial
-                .ptz(&camera, PtzCommand::Goto { preset })
-                .await
-                .map_err(|e| e.to_string()),
+            Action::Relay { relay, op } => self.serial.relay(relay, op).await,
+            Action::PtzGoto { camera, preset } => {
+                self.serial.ptz(&camera, PtzCommand::Goto { preset }).await
+            }
         };
         match result {
             Ok(()) => {
                 tracing::info!(action = %p.action, "rule fired");
                 self.finish(p.id, "ok".into()).await;
+            }
+            Err(e) if transient(&e) => {
+                let retry = retries.entry(p.id).or_insert(Retry {
+                    attempts: 0,
+                    next: tokio::time::Instant::now(),
+                });
+                retry.attempts += 1;
+                let age = chrono::Utc::now().timestamp_millis() - p.created_at_ms;
+                if age > MAX_ACTION_AGE.as_millis() as i64 {
+                    tracing::warn!(action = %p.action, attempts = retry.attempts, error = %e, "rule action given up");
+                    let result = format!("expired after {} attempts: {e}", retry.attempts);
+                    self.finish(p.id, result).await;
+                    return;
+                }
+                let wait = (RETRY_MIN * 2u32.saturating_pow(retry.attempts - 1)).min(RETRY_MAX);
+                retry.next = tokio::time::Instant::now() + wait;
+                tracing::warn!(action = %p.action, attempt = retry.attempts, error = %e, "rule action failed; retrying");
+                self.note_failure(p.id, e.to_string()).await;
             }
             Err(e) => {
                 tracing::warn!(action = %p.action, error = %e, "rule action failed");

@@ -662,3 +662,61 @@ fn kernel_rs485_mode_on_a_device_without_it_is_a_clear_error_and_other_ports_car
     peer.read_exact(&mut frame).unwrap();
     assert_eq!(frame, [0xFF, 0x01, 0, 0, 0, 0, 0x01]);
 }
+
+/// Item 7 of issue 13: a rule's relay pulse decided while the adapter was unplugged used to be
+/// marked done with the error and never given. It is retried until the board is back (within the
+/// actions' maximum age), and its outcome recorded.
+#[test]
+fn a_rule_action_failing_while_the_adapter_is_unplugged_is_retried_until_it_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pty = PtyPair::start(dir.path());
+    let slave = Slave::start(&pty.b, 4, 4);
+    let d = Daemon::start(&io_toml(&pty.a, RULE_CONFIG)).ready();
+    wait_for(Duration::from_secs(20), || {
+        (io_status(&d)["ports"][0]["state"] == "open").then_some(())
+    })
+    .expect("the board is polled");
+    drop(slave);
+    pty.stop();
+    wait_for(Duration::from_secs(20), || {
+        (io_status(&d)["ports"][0]["state"] != "open").then_some(())
+    })
+    .expect("the daemon notices the unplugged adapter");
+    let http = Http::new(&d);
+    let worker = token(&d, "worker");
+    let body = json!({"camera_id": "gate", "task_type": "people", "frame_id": "f1",
+                      "detections": [{"label": "person", "confidence": 0.9,
+                                      "bbox": [0.4, 0.4, 0.1, 0.1], "track_id": "t1"}]});
+    assert_eq!(
+        http.post("/api/v1/ai/events", Some(&worker), &body).status,
+        200
+    );
+    wait_for(Duration::from_secs(10), || {
+        (count(&d, "SELECT COUNT(*) FROM rule_actions") == 1).then_some(())
+    })
+    .expect("the enter decided one action");
+    // Long enough for several attempts against the missing adapter.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count(
+            &d,
+            "SELECT COUNT(*) FROM rule_actions WHERE done_at_ms IS NOT NULL"
+        ),
+        0,
+        "the action was given up while the adapter was away"
+    );
+    let pty = PtyPair::start(dir.path());
+    let mut slave = Slave::start(&pty.b, 4, 4);
+    let mut saw_on = false;
+    wait_for(Duration::from_secs(30), || {
+        saw_on |= slave.coils()[0];
+        (count(&d, "SELECT COUNT(*) FROM rule_actions WHERE result = 'ok'") == 1).then_some(())
+    })
+    .expect("the action is carried out once the adapter is back");
+    wait_for(Duration::from_secs(5), || {
+        saw_on |= slave.coils()[0];
+        None::<()>
+    });
+    assert!(saw_on, "the relay pulsed");
+    assert_eq!(count(&d, "SELECT COUNT(*) FROM rule_actions"), 1);
+}
