@@ -5,6 +5,7 @@ mod config;
 mod daemon;
 mod durability;
 mod fixtures;
+mod http_limits;
 mod maintenance;
 mod media;
 mod mqtt;
