@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real SQLite files, real daemon processes.
 
+mod camera_secrets;
 mod cli_golden;
 mod config;
 mod daemon;
