@@ -108,7 +108,8 @@ pub(super) async fn get(
     )))
 }
 
-/// `POST /api/v1/cameras`: the camera's `heldar.toml` keys as JSON, plus an optional `password`.
+/// `POST /api/v1/cameras`: the camera's `heldar.toml` keys as JSON, plus an optional `password`
+/// (`"***"` keeps the stored one while the streams stay the same, as over MQTT).
 pub(super) async fn put(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -119,7 +120,7 @@ pub(super) async fn put(
     let (settings, password) = requests::object(&body)
         .and_then(|v| requests::camera(v, None))
         .map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, p.to_string()))?;
-    let camera = state.registry.put_camera(settings, password).await?;
+    let camera = state.registry.change_camera(settings, password).await?;
     Ok(Json(CameraView::new(&camera, None)))
 }
 

@@ -12,6 +12,7 @@ mod cameras;
 pub mod control;
 mod error;
 mod io;
+pub mod listener;
 mod metrics;
 mod outbox;
 mod page;
@@ -171,8 +172,8 @@ pub fn control_router(state: AppState) -> Router {
 }
 
 /// Routes served on the loopback TCP listener, behind token authentication; the probes and the
-/// page (which holds no data and asks for a token) are open. Serve it with
-/// `into_make_service_with_connect_info::<SocketAddr>()`: the client address feeds the audit
+/// page (which holds no data and asks for a token) are open. Serve it with [`listener::serve`] (or
+/// `into_make_service_with_connect_info::<SocketAddr>()`): the client address feeds the audit
 /// trail and the slow-down of token guessing.
 pub fn http_router(state: AppState, auth_required: bool) -> Router {
     let layer = auth::AuthLayer {

@@ -2,7 +2,9 @@
 //!
 //! Invariant M3: credentials never appear in logs, MQTT payloads, API responses or error messages.
 //! Secret text lives only in [`Secret`], whose `Debug` and `Display` print `***`, and every URL that
-//! reaches a log line or an answer goes through [`redact_url`] first.
+//! reaches a log line or an answer goes through [`redact_url`] first. Validation refuses camera
+//! URLs with credentials (user-info or query) and broker URLs with user-info; masking guards URLs
+//! that come from elsewhere (a library's error message).
 
 use std::fmt;
 use std::path::Path;
@@ -48,10 +50,53 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Replaces the user-info part of a URL (`user:pass@`) with `***@`.
+/// Query keys that carry credentials in the URLs of some cameras (`?user=admin&password=...`);
+/// compared without regard to case.
+const CREDENTIAL_KEYS: &[&str] = &[
+    "user",
+    "username",
+    "usr",
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "token",
+    "auth",
+    "secret",
+    "key",
+    "apikey",
+    "api_key",
+    "access_token",
+];
+
+fn is_credential_key(key: &str) -> bool {
+    CREDENTIAL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key))
+}
+
+/// Where a URL that starts at the beginning of `text` ends: at white space or a quote, so a URL
+/// quoted in a message (`"rtsp://..."`) ends before the quote.
+fn url_end(text: &str) -> usize {
+    text.find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '<' | '>'))
+        .unwrap_or(text.len())
+}
+
+/// Whether a URL's query carries credentials (`?user=x&password=y`).
+pub fn has_query_credentials(url: &str) -> bool {
+    let url = &url[..url_end(url)];
+    let Some((_, query)) = url.split_once('?') else {
+        return false;
+    };
+    let query = query.split('#').next().unwrap_or_default();
+    query
+        .split('&')
+        .any(|pair| is_credential_key(pair.split('=').next().unwrap_or_default()))
+}
+
+/// Masks the credentials of every URL in `text`: the user-info part (`user:pass@`) becomes
+/// `***@`, and the value of each credential query parameter (`password=...`) becomes `***`.
 ///
 /// Works on text that does not parse as a URL too (a camera's error message may embed a URL), by
-/// masking every `scheme://userinfo@` occurrence it finds.
+/// masking every `scheme://` occurrence it finds.
 pub fn redact_url(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -59,15 +104,45 @@ pub fn redact_url(text: &str) -> String {
         let authority_start = scheme_end + 3;
         out.push_str(&rest[..authority_start]);
         rest = &rest[authority_start..];
-        let authority_end = rest
-            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace())
-            .unwrap_or(rest.len());
-        if let Some(at) = rest[..authority_end].rfind('@') {
-            out.push_str("***");
-            rest = &rest[at..];
+        let end = url_end(rest);
+        let (url, after) = rest.split_at(end);
+        let authority_end = url.find(['/', '?', '#']).unwrap_or(url.len());
+        let (authority, tail) = url.split_at(authority_end);
+        match authority.rfind('@') {
+            Some(at) => {
+                out.push_str("***");
+                out.push_str(&authority[at..]);
+            }
+            None => out.push_str(authority),
         }
+        out.push_str(&mask_query(tail));
+        rest = after;
     }
     out.push_str(rest);
+    out
+}
+
+/// `path?query#fragment` with the values of credential parameters replaced by `***`.
+fn mask_query(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_string();
+    };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let pairs: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if is_credential_key(key) => format!("{key}=***"),
+            _ => pair.to_string(),
+        })
+        .collect();
+    let mut out = format!("{path}?{}", pairs.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
     out
 }
 
@@ -89,9 +164,33 @@ mod tests {
                 "could not open rtsp://***@cam/1 and mqtts://***@broker:8883",
             ),
             ("no url here", "no url here"),
+            (
+                "rtsp://10.0.0.5/live?user=admin&PASSWORD=s3cret&channel=1#x",
+                "rtsp://10.0.0.5/live?user=***&PASSWORD=***&channel=1#x",
+            ),
+            (
+                "cannot open \"rtsp://u:p@cam/a?pwd=s3cret\": refused",
+                "cannot open \"rtsp://***@cam/a?pwd=***\": refused",
+            ),
+            (
+                "rtsp://cam/cam/realmonitor?channel=1&subtype=0",
+                "rtsp://cam/cam/realmonitor?channel=1&subtype=0",
+            ),
         ] {
             assert_eq!(redact_url(input), masked);
         }
+    }
+
+    #[test]
+    fn credentials_in_a_query_are_found_by_key() {
+        assert!(has_query_credentials("rtsp://h/s?user=a&password=b"));
+        assert!(has_query_credentials("rtsp://h/s?channel=1&Pwd=b"));
+        assert!(has_query_credentials("rtsp://h/s?token"));
+        assert!(!has_query_credentials(
+            "rtsp://h/cam/realmonitor?channel=1&subtype=0"
+        ));
+        assert!(!has_query_credentials("rtsp://h/s#password=x"));
+        assert!(!has_query_credentials("rtsp://h/password=x"));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use super::model::{
     ZoneConfig, ZoneKind,
 };
 use super::rules::{Action, RelayOp, Trigger};
+use super::secret::{has_query_credentials, redact_url};
 use super::{Problem, is_valid_id};
 
 /// Problems of one zone on its own (its name's uniqueness is the caller's to check), with key
@@ -242,12 +243,10 @@ impl Validator {
             }
         }
         if let Some(address) = &cam.address
-            && (address.is_empty() || address.contains(['/', '@', ' ']))
+            && (address.is_empty() || address.contains(['/', '@', ' ', '?', '#', '&']))
         {
-            self.fail(
-                p("address"),
-                format!("{address:?} must be a host name or IP address"),
-            );
+            // Not quoted: what is not a host name may be anything, a password included.
+            self.fail(p("address"), "must be a host name or IP address");
         }
         if cam.password_file.is_some() && cam.username.is_none() {
             self.fail(p("password_file"), "needs username");
@@ -276,20 +275,26 @@ impl Validator {
         }
     }
 
+    /// Invariant M3: a refusal never quotes credentials; the URL it names is masked.
     fn stream_url(&mut self, path: String, url: &str) {
+        // Said of `user:pass@` and of `?password=...` alike.
+        const CREDENTIALS: &str =
+            "credentials in the URL are not accepted: use username and password_file";
+        let shown = redact_url(url);
         match url.split_once("://") {
             Some(("rtsp" | "rtsps", rest)) if !rest.is_empty() => {
                 let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                if authority.contains('@') {
-                    self.fail(
-                        path,
-                        "credentials in the URL are not accepted: use username and password_file",
-                    );
+                if authority.contains('@') || has_query_credentials(url) {
+                    self.fail(path, CREDENTIALS);
                 } else if authority.is_empty() {
-                    self.fail(path, format!("{url:?} has no host"));
+                    self.fail(path, format!("{shown:?} has no host"));
                 }
             }
-            _ => self.fail(path, format!("{url:?} must be an rtsp:// or rtsps:// URL")),
+            _ if has_query_credentials(url) => self.fail(path, CREDENTIALS),
+            _ => self.fail(
+                path,
+                format!("{shown:?} must be an rtsp:// or rtsps:// URL"),
+            ),
         }
     }
 

@@ -176,12 +176,7 @@ pub async fn run(
         let router = api::http_router(state.clone(), config.http.auth);
         let token = shutdown.clone();
         async move {
-            axum::serve(
-                http,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await?;
+            api::listener::serve(http, router, token).await;
             Ok(())
         }
     });

@@ -3,13 +3,18 @@
 //! [`Registry::apply`], so they validate, apply and answer alike.
 //!
 //! An answer carries the applied object as it is published (`config/<kind>/<id>`): secrets
-//! removed, a camera's password shown as `***` when one is set.
+//! removed, a camera's password shown as `***` when one is set. A camera's password follows
+//! neither a URL nor an address change ([`Registry::change_camera`]).
 
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{Camera, Registry, RegistryError, SETTINGS_SECTIONS, StoredZone, Task, requests};
+use super::{
+    Camera, Registry, RegistryError, SETTINGS_SECTIONS, Source, StoredZone, Task, requests,
+};
 use crate::config::Problem;
+use crate::config::model::{CameraConfig, Vendor};
+use crate::config::secret::Secret;
 
 /// What can be configured by kind and id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -100,6 +105,28 @@ impl From<RegistryError> for Refusal {
 /// How a set password is shown.
 const MASK: &str = "***";
 
+/// Every setting that decides where a camera's password is sent: url, sub_url, vendor, address,
+/// port and channel.
+type Streams<'a> = (
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<Vendor>,
+    Option<&'a str>,
+    Option<u16>,
+    Option<u32>,
+);
+
+fn streams(c: &CameraConfig) -> Streams<'_> {
+    (
+        c.url.as_deref(),
+        c.sub_url.as_deref(),
+        c.vendor,
+        c.address.as_deref(),
+        c.port,
+        c.channel,
+    )
+}
+
 /// A camera as published: declared settings, secrets out, toggles in.
 pub fn camera_object(c: &Camera) -> Value {
     let mut v = serde_json::to_value(&c.settings).unwrap_or_else(|_| json!({}));
@@ -136,6 +163,49 @@ fn task_object(t: &Task) -> Value {
 }
 
 impl Registry {
+    /// Creates or replaces a runtime camera as asked by a caller (the API, MQTT). A change replaces
+    /// the camera whole: without `password` it has none.
+    ///
+    /// The published object shows a password as `***`; sent back, `***` keeps the stored password
+    /// rather than becoming it, but only while the camera's streams stay where they were (issue
+    /// 13, item 12). A change that points the camera elsewhere with `***` is refused, naming
+    /// `password`: else whoever may change a camera's URL could have the box hand its password to
+    /// a host of their choosing.
+    pub async fn change_camera(
+        &self,
+        settings: CameraConfig,
+        password: Option<Secret>,
+    ) -> Result<Camera, RegistryError> {
+        let password = match password {
+            Some(p) if p.expose() == MASK => self.kept_password(&settings).await?,
+            other => other,
+        };
+        self.put_camera(settings, password).await
+    }
+
+    /// The stored password that `***` stands for in a change to `settings`.
+    async fn kept_password(
+        &self,
+        settings: &CameraConfig,
+    ) -> Result<Option<Secret>, RegistryError> {
+        let Some(stored) = self.camera(&settings.id).await? else {
+            return Ok(None);
+        };
+        // A file camera's change is refused as file-owned by `put_camera`, whatever its password.
+        let (Source::Runtime, Some(secret)) = (stored.source, stored.password()) else {
+            return Ok(None);
+        };
+        if streams(&stored.settings) != streams(settings) {
+            return Err(RegistryError::Invalid(vec![Problem {
+                path: "password".into(),
+                message: "the camera's url or address changed: send the password again \
+                          (\"***\" keeps the stored password only for the streams it was given for)"
+                    .into(),
+            }]));
+        }
+        Ok(Some(secret.clone()))
+    }
+
     /// Applies one change: decode, validate, apply atomically, persist. `Ok` holds the applied
     /// object (`None` after a delete).
     pub async fn apply(
@@ -146,15 +216,10 @@ impl Registry {
     ) -> Result<Option<Value>, Refusal> {
         match (kind, op) {
             (ConfigKind::Camera, ConfigOp::Set(v)) => {
-                let (settings, mut password) =
+                let (settings, password) =
                     requests::camera(v, Some(id)).map_err(Refusal::bad_payload)?;
-                // The published object shows a password as `***`: sent back unchanged, it keeps
-                // the stored one rather than becoming the password.
-                if password.as_ref().is_some_and(|p| p.expose() == MASK) {
-                    password = self.camera(id).await?.and_then(|c| c.password().cloned());
-                }
                 Ok(Some(camera_object(
-                    &self.put_camera(settings, password).await?,
+                    &self.change_camera(settings, password).await?,
                 )))
             }
             (ConfigKind::Zone, ConfigOp::Set(v)) => {

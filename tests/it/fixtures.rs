@@ -2,10 +2,12 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -79,6 +81,9 @@ pub struct Daemon {
     /// Every notify datagram received so far, in order.
     pub notifications: Vec<String>,
     log: std::sync::Arc<std::sync::Mutex<String>>,
+    /// `RLIMIT_NOFILE` (soft and hard) the daemon is started with, as systemd's `LimitNOFILE=`
+    /// sets it on a box; `None` inherits the test's own.
+    nofile: Option<u64>,
 }
 
 impl Daemon {
@@ -89,6 +94,21 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with the control group and extra environment variables.
     pub fn start_opts(extra: &str, group: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Self::prepare(extra, group);
+        d.spawn(env);
+        d
+    }
+
+    /// Like [`Daemon::start`], with the daemon's descriptor limit set to `nofile`.
+    pub fn start_with_nofile(extra: &str, nofile: u64) -> Daemon {
+        let mut d = Self::prepare(extra, "root");
+        d.nofile = Some(nofile);
+        d.spawn(&[]);
+        d
+    }
+
+    /// The temp dir, config and notify socket of a daemon not started yet.
+    fn prepare(extra: &str, group: &str) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "device_id = \"test\"\ndata_dir = \"{}\"\n{extra}\n[http]\nlisten = \"127.0.0.1:0\"\n[control]\nsocket = \"{}\"\ngroup = \"{group}\"\n",
@@ -100,15 +120,14 @@ impl Daemon {
         notify
             .set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let mut d = Daemon {
+        Daemon {
             dir,
             child: None,
             notify,
             notifications: Vec::new(),
             log: Default::default(),
-        };
-        d.spawn(env);
-        d
+            nofile: None,
+        }
     }
 
     /// Starts (again) the daemon on this dir's config.
@@ -124,6 +143,15 @@ impl Daemon {
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
+        }
+        if let Some(nofile) = self.nofile {
+            // SAFETY: setrlimit is a plain system call, async-signal-safe, and touches no memory
+            // shared with the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    setrlimit(Resource::RLIMIT_NOFILE, nofile, nofile).map_err(std::io::Error::from)
+                });
+            }
         }
         let mut child = cmd.spawn().expect("spawn heldar run");
         let stderr = child.stderr.take().unwrap();

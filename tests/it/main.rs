@@ -1,11 +1,13 @@
 //! Integration tests: one binary, real SQLite files, real daemon processes.
 
+mod camera_secrets;
 mod cli_golden;
 mod config;
 mod daemon;
 mod durability;
 mod faults;
 mod fixtures;
+mod http_limits;
 mod maintenance;
 mod media;
 mod mqtt;

@@ -199,6 +199,7 @@ fn systemd_units_verify_and_the_service_exposure_is_at_most_three() {
         "PrivateTmp=yes",
         "RestrictAddressFamilies=",
         "SystemCallFilter=@system-service",
+        "LimitNOFILE=4096",
     ] {
         assert!(
             service.contains(directive),
