@@ -6,7 +6,7 @@
 //! requests reach it through a channel and are served between polls, so the bus never sees
 //! two requests at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -67,12 +67,29 @@ pub struct IoState {
     pub relays: Vec<RelayState>,
 }
 
-/// One input's debouncing.
-#[derive(Clone, Copy, Debug, Default)]
+/// One input's debouncing, and the changes of it not yet stored.
+#[derive(Clone, Debug, Default)]
 struct Debounced {
     stable: Option<bool>,
     candidate: Option<(bool, Instant)>,
+    /// Debounced changes waiting for the store, oldest first. The stable state moves at once
+    /// (the live view shows it), so without this queue a change whose write failed would never
+    /// be seen again: it leaves only when its write committed.
+    unsaved: VecDeque<Edge>,
 }
+
+/// A debounced change of an input, as it will be stored.
+#[derive(Clone, Copy, Debug)]
+struct Edge {
+    active: bool,
+    ts_ms: i64,
+    /// Whether it is reported as an `alarm_in` record (not for the first reading after start).
+    report: bool,
+}
+
+/// Unsaved changes kept per input while the store fails; past this the oldest are dropped
+/// (with an error), so a dead disk cannot grow memory without bound.
+const MAX_UNSAVED_EDGES: usize = 256;
 
 impl Debounced {
     /// Feeds a reading; returns the new stable state when it changed for good.
@@ -481,10 +498,24 @@ impl IoBoard {
                 let first = inputs[i].stable.is_none();
                 let changed = inputs[i].observe(value, now, hold);
                 if first || changed.is_some() {
-                    self.input_changed(i as u16 + 1, value, changed.is_some())
-                        .await;
+                    let edge = Edge {
+                        active: value,
+                        ts_ms: now_ms(),
+                        report: changed.is_some(),
+                    };
+                    self.show_input(i as u16 + 1, edge);
+                    let unsaved = &mut inputs[i].unsaved;
+                    if unsaved.len() >= MAX_UNSAVED_EDGES {
+                        unsaved.pop_front();
+                        tracing::error!(
+                            input = i + 1,
+                            "the store has failed for too long: the oldest unsaved alarm input change is dropped"
+                        );
+                    }
+                    unsaved.push_back(edge);
                 }
             }
+            self.save_inputs(inputs).await;
         }
         let relays = self.config.relays;
         if relays > 0 {
@@ -504,19 +535,39 @@ impl IoBoard {
         Ok(())
     }
 
-    /// Persists a debounced input state; with `report`, also as an `alarm_in` outbox record in
-    /// the same transaction.
-    async fn input_changed(&self, input: u16, active: bool, report: bool) {
-        let name = self.config.input_names.get(usize::from(input) - 1).cloned();
-        let board = self.config.name.clone();
-        let ts = now_ms();
-        {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(s) = state.inputs.get_mut(usize::from(input) - 1) {
-                s.active = Some(active);
-                s.changed_at = at(ts);
+    /// Shows a debounced change in the live state the API reads.
+    fn show_input(&self, input: u16, edge: Edge) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = state.inputs.get_mut(usize::from(input) - 1) {
+            s.active = Some(edge.active);
+            s.changed_at = at(edge.ts_ms);
+        }
+    }
+
+    /// Stores every unsaved change, in order; stops at the first failure and leaves the rest
+    /// for the next poll, so an edge is stored once the store works again.
+    async fn save_inputs(&self, inputs: &mut [Debounced]) {
+        for (i, input) in inputs.iter_mut().enumerate() {
+            while let Some(edge) = input.unsaved.front().copied() {
+                if let Err(e) = self.store_input(i as u16 + 1, edge).await {
+                    tracing::error!(input = i + 1, error = %e, "cannot store an alarm input change; retrying");
+                    return;
+                }
+                input.unsaved.pop_front();
             }
         }
+    }
+
+    /// Persists a debounced input state; with `report`, also as an `alarm_in` outbox record in
+    /// the same transaction.
+    async fn store_input(&self, input: u16, edge: Edge) -> Result<(), StoreError> {
+        let name = self.config.input_names.get(usize::from(input) - 1).cloned();
+        let board = self.config.name.clone();
+        let Edge {
+            active,
+            ts_ms: ts,
+            report,
+        } = edge;
         let result = self
             .store
             .write(move |c| {
@@ -546,14 +597,11 @@ impl IoBoard {
                 Ok::<_, StoreError>(())
             })
             .await;
-        match result {
-            Ok(()) if report => {
-                self.outbox.appended();
-                tracing::info!(port = %self.config.name, input, active, "alarm input changed");
-            }
-            Ok(()) => {}
-            Err(e) => tracing::error!(input, error = %e, "cannot store an alarm input change"),
+        if result.is_ok() && report {
+            self.outbox.appended();
+            tracing::info!(port = %self.config.name, input, active, "alarm input changed");
         }
+        result
     }
 
     async fn write_coil(

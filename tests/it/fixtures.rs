@@ -100,6 +100,15 @@ impl Daemon {
     }
 
     /// Like [`Daemon::start`], with the daemon's descriptor limit set to `nofile`.
+    /// Like [`Daemon::start`], with the data directory on a tmpfs of `size` (a disk that can
+    /// really fill up). The daemon is stopped before the tmpfs goes: keep the `Tmpfs` after it.
+    pub fn start_on_tmpfs(extra: &str, size: &str) -> (Daemon, Tmpfs) {
+        let mut d = Self::prepare(extra, "root");
+        let disk = Tmpfs::mount_at(&d.dir.path().join("data"), size);
+        d.spawn(&[]);
+        (d, disk)
+    }
+
     pub fn start_with_nofile(extra: &str, nofile: u64) -> Daemon {
         let mut d = Self::prepare(extra, "root");
         d.nofile = Some(nofile);
@@ -248,15 +257,25 @@ impl Drop for Daemon {
 /// A small tmpfs mounted for one test (a disk that really fills up), unmounted on drop.
 /// Needs root (CI and `make test` run as root here); anything else is a loud failure, not a skip.
 pub struct Tmpfs {
-    pub dir: tempfile::TempDir,
+    path: PathBuf,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
+    /// On a fresh temp dir.
     pub fn mount(size: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
+        let mut t = Tmpfs::mount_at(dir.path(), size);
+        t._dir = Some(dir);
+        t
+    }
+
+    /// On `path` (created if missing).
+    pub fn mount_at(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
+            .arg(path)
             .output()
             .expect("run mount");
         assert!(
@@ -264,11 +283,14 @@ impl Tmpfs {
             "cannot mount a tmpfs (the fault tests need root): {}",
             stderr(&out)
         );
-        Tmpfs { dir }
+        Tmpfs {
+            path: path.to_path_buf(),
+            _dir: None,
+        }
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        &self.path
     }
 
     /// Writes a filler file until the filesystem is full, then gives `room` bytes back (small
@@ -294,9 +316,6 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }

@@ -720,3 +720,40 @@ fn a_rule_action_failing_while_the_adapter_is_unplugged_is_retried_until_it_succ
     assert!(saw_on, "the relay pulsed");
     assert_eq!(count(&d, "SELECT COUNT(*) FROM rule_actions"), 1);
 }
+
+/// Item 6 of issue 13: an alarm input's edge seen while the store cannot write (the disk is
+/// full) used to be lost: the debounced state had already moved, so the edge was never stored
+/// or reported. It is stored, in order, once the store works again.
+#[test]
+fn an_alarm_edge_seen_while_the_disk_is_full_is_stored_once_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let pty = PtyPair::start(dir.path());
+    let mut slave = Slave::start(&pty.b, 4, 4);
+    let (d, disk) = Daemon::start_on_tmpfs(&io_toml(&pty.a, ""), "32m");
+    let d = d.ready();
+    wait_for(Duration::from_secs(20), || {
+        (io_status(&d)["io"]["inputs"][0]["active"] == false).then_some(())
+    })
+    .expect("the board is polled");
+    let filler = disk.fill(0);
+    slave.set_input(1, true);
+    // Debounce (300 ms) and a few polls, all while nothing can be written.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        d.log()
+            .contains("cannot store an alarm input change; retrying"),
+        "the write failed: {}",
+        d.log()
+    );
+    std::fs::remove_file(filler).unwrap();
+    let records = wait_for(Duration::from_secs(15), || {
+        let r = alarm_records(&d);
+        (!r.is_empty()).then_some(r)
+    })
+    .expect("the edge is stored once there is room");
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["payload"]["input"], 1);
+    assert_eq!(records[0]["payload"]["state"], "on");
+    drop(d);
+    drop(disk);
+}
