@@ -5,6 +5,7 @@ mod config;
 mod daemon;
 mod durability;
 mod faults;
+mod faults_media;
 mod fixtures;
 mod maintenance;
 mod media;
