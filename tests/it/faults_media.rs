@@ -50,8 +50,10 @@ fn wait_recordings(d: &Daemon, want: &str, timeout: Duration) -> Option<Value> {
 /// Records a few 2 s segments, evidence-locks the first, stops; returns the index.
 fn record_and_lock(d: &mut Daemon) -> Vec<(i64, String, bool)> {
     wait_state(d, "gate", "recording", Duration::from_secs(15));
-    wait_for(Duration::from_secs(30), || (index(d).len() >= 3).then_some(()))
-        .unwrap_or_else(|| panic!("three segments; log:\n{}", d.log()));
+    wait_for(Duration::from_secs(30), || {
+        (index(d).len() >= 3).then_some(())
+    })
+    .unwrap_or_else(|| panic!("three segments; log:\n{}", d.log()));
     let first = index(d)[0].0.to_string();
     let locked = d.cli(&["segments", "lock", &first]);
     assert!(locked.status.success(), "{}", stderr(&locked));
@@ -157,7 +159,10 @@ fn an_unmounted_recordings_disk_leaves_the_index_alone_and_recording_resumes_whe
     wait_state(&d, "gate", "error", Duration::from_secs(10));
     let last_error = health(&d, "gate").unwrap()["last_error"].clone();
     assert!(
-        last_error.as_str().unwrap_or_default().contains("not recording"),
+        last_error
+            .as_str()
+            .unwrap_or_default()
+            .contains("not recording"),
         "{last_error}"
     );
     assert!(
