@@ -15,7 +15,7 @@ use super::{ApiError, AppState};
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 use crate::daemon::logging::LogLine;
 use crate::media::retention::DiskUsage;
-use crate::media::{CameraHealth, CameraState};
+use crate::media::{CameraHealth, CameraState, RecordingsStatus};
 use crate::outbox::OutboxStatus;
 use crate::perception::sampler::SamplerStatus;
 use crate::serial::PortStatus;
@@ -59,6 +59,9 @@ pub struct SystemStatus {
     /// Serial ports with their state and error counts (`heldar io status` has the details).
     #[serde(default)]
     pub serial: Vec<PortStatus>,
+    /// Whether the recordings directory is in use; absent from a daemon older than the marker.
+    #[serde(default)]
+    pub recordings: Option<RecordingsStatus>,
 }
 
 pub(super) async fn status(
@@ -83,6 +86,7 @@ pub(super) async fn status(
         mqtt: state.uplink.as_ref().map(|u| u.status()),
         disk: state.media.disk(),
         serial: state.serial.status().ports,
+        recordings: Some(state.media.recordings()),
     }))
 }
 

@@ -383,7 +383,10 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             // The recordings scan reads this binary's tables; another schema is reported as such.
             let scan = if report.schema_version == store::LATEST_VERSION {
                 let conn = store::open_read_only(&db).map_err(failed)?;
-                Some(media::reconcile::scan(&conn, &recordings).map_err(|e| failed(e.into()))?)
+                Some(
+                    media::reconcile::scan(&conn, &recordings)
+                        .map_err(|e| CliError::Failed(e.to_string()))?,
+                )
             } else {
                 None
             };

@@ -170,6 +170,22 @@ pub fn status(s: &SystemStatus) -> String {
             let _ = writeln!(out, "{:<10} cannot read the recordings file system", "disk");
         }
     }
+    if let Some(r) = &s.recordings {
+        let dir = r.dir.display();
+        let _ = match r.state {
+            crate::media::RecordingsState::Ok => writeln!(out, "{:<10} {dir} ok", "recordings"),
+            crate::media::RecordingsState::Checking => {
+                writeln!(out, "{:<10} {dir} not checked yet", "recordings")
+            }
+            crate::media::RecordingsState::Unavailable => writeln!(
+                out,
+                "{:<10} {dir} UNAVAILABLE since {}: {}; not recording, index left alone",
+                "recordings",
+                r.since.format("%Y-%m-%d %H:%M:%S UTC"),
+                r.error.as_deref().unwrap_or("unknown")
+            ),
+        };
+    }
     out
 }
 

@@ -7,7 +7,9 @@
 //!
 //! Entry point: [`Media::run`] reconciles running supervisors with the registry at start and after
 //! every registry change, touching only the cameras whose stream settings changed, so adding or
-//! removing one camera never interrupts another.
+//! removing one camera never interrupts another. Nothing records, reconciles or deletes files
+//! until the recordings directory's marker matched this database ([`recdir`]); the check is
+//! repeated every [`RECHECK`], so a disk that comes back is used again without a restart.
 
 pub mod clip;
 mod health;
@@ -15,6 +17,7 @@ pub mod index;
 mod ops;
 mod pipeline;
 pub mod probe;
+pub mod recdir;
 pub mod reconcile;
 pub mod retention;
 pub mod snapshot;
@@ -33,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 pub use health::{CameraHealth, CameraState, HealthBoard};
 pub use ops::{MediaError, StreamTest};
 pub use pipeline::{EncodedFrame, FrameTap, TapSlot};
+pub use recdir::{RecordingsState, RecordingsStatus};
 use supervisor::StreamPlan;
 
 use crate::config::Config;
@@ -41,12 +45,17 @@ use crate::config::secret::Secret;
 use crate::registry::{Camera, Registry};
 use crate::store::Store;
 
+/// How often the recordings directory is checked again (its marker is a small file).
+pub const RECHECK: Duration = Duration::from_secs(5);
+
 /// What the supervisors share.
 pub(crate) struct MediaContext {
     pub store: Store,
     pub health: HealthBoard,
     pub data_dir: PathBuf,
     pub recordings_dir: PathBuf,
+    /// Whether `recordings_dir` may be used; recording follows it.
+    pub recordings: recdir::RecordingsGate,
     pub media: MediaConfig,
     pub retention: retention::Retention,
     /// The running stream of each recording camera, for snapshots of its newest keyframe.
@@ -115,17 +124,20 @@ pub struct Media {
 impl Media {
     pub fn new(store: Store, registry: Registry, config: &Config, boot_started_ms: i64) -> Media {
         let recordings_dir = config.data_dir.join("recordings");
+        let recordings = recdir::RecordingsGate::new(&recordings_dir);
         let retention = retention::Retention::new(
             store.clone(),
             registry.clone(),
             &config.data_dir,
             config.recording.clone(),
-        );
+        )
+        .guarded_by(recordings.clone());
         let ctx = MediaContext {
             health: HealthBoard::new(store.clone()),
             store,
             data_dir: config.data_dir.clone(),
             recordings_dir,
+            recordings,
             media: config.media.clone(),
             retention,
             live: Mutex::default(),
@@ -153,38 +165,95 @@ impl Media {
         &self.ctx.health
     }
 
-    /// Reconciles files and index, then runs until `shutdown`, then stops every camera
-    /// (finalizing open segments).
+    /// Whether the recordings directory is in use, and why not.
+    pub fn recordings(&self) -> RecordingsStatus {
+        self.ctx.recordings.status()
+    }
+
+    /// Checks the recordings directory (reconciling files and index when it becomes usable), then
+    /// runs until `shutdown`, then stops every camera (finalizing open segments).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let report = reconcile::reconcile(
-            &self.ctx.store,
-            &self.ctx.recordings_dir,
-            self.ctx.boot_started_ms,
-        )
-        .await?;
-        if report != reconcile::ReconcileReport::default() {
-            tracing::warn!(
-                indexed = report.indexed.len(),
-                moved_aside = report.moved_aside.len(),
-                rows_removed = report.rows_removed.len(),
-                "start-up reconcile repaired the recording index"
-            );
-        }
         let mut changes = self.registry.subscribe();
+        let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.check_recordings().await;
+        let mut pending = true;
         loop {
-            if let Err(e) = self.reconcile().await {
-                tracing::error!(error = %e, "cannot read the camera registry; retrying in 5s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                continue;
+            if pending {
+                match self.reconcile().await {
+                    Ok(()) => pending = false,
+                    Err(e) => {
+                        tracing::error!(error = %e, retry_in = ?RECHECK, "cannot read the camera registry")
+                    }
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                changed = changes.changed() => if changed.is_err() { break },
+                changed = changes.changed() => if changed.is_err() { break } else { pending = true },
+                _ = recheck.tick() => pending |= self.check_recordings().await,
             }
         }
         let all: Vec<Running> = self.lock().drain().map(|(_, r)| r).collect();
         stop_all(all).await;
         Ok(())
+    }
+
+    /// Verifies the recordings directory; when it becomes usable (at start, or a disk that came
+    /// back) the files and the index are reconciled first, since either may have changed while
+    /// it was away. Returns whether the verdict changed, so the streams follow it.
+    async fn check_recordings(&self) -> bool {
+        let ctx = &self.ctx;
+        let usable_before = ctx.recordings.is_usable();
+        let checked = async {
+            let accepted = recdir::verify(&ctx.store, &ctx.recordings_dir)
+                .await
+                .map_err(|e| e.to_string())?;
+            if !usable_before {
+                let report =
+                    reconcile::reconcile(&ctx.store, &ctx.recordings_dir, ctx.boot_started_ms)
+                        .await
+                        .map_err(|e| format!("start-up reconcile stopped: {e}"))?;
+                if report != reconcile::ReconcileReport::default() {
+                    tracing::warn!(
+                        indexed = report.indexed.len(),
+                        moved_aside = report.moved_aside.len(),
+                        rows_removed = report.rows_removed.len(),
+                        "start-up reconcile repaired the recording index"
+                    );
+                }
+            }
+            Ok::<_, String>(accepted)
+        }
+        .await;
+        let dir = ctx.recordings_dir.display();
+        match checked {
+            Ok(accepted) => {
+                match accepted {
+                    recdir::Accepted::Verified => {}
+                    recdir::Accepted::Claimed => {
+                        tracing::info!(dir = %dir, "marked a new recordings directory as this database's")
+                    }
+                    recdir::Accepted::Adopted => {
+                        tracing::info!(dir = %dir, "marked the recordings directory, which holds this database's footage, as this database's")
+                    }
+                }
+                let was = ctx.recordings.status().state;
+                let changed = ctx.recordings.set(RecordingsState::Ok, None);
+                if was == RecordingsState::Unavailable {
+                    tracing::info!(dir = %dir, "recordings directory usable again: recording resumes");
+                }
+                changed
+            }
+            Err(error) => {
+                let changed = ctx
+                    .recordings
+                    .set(RecordingsState::Unavailable, Some(error.clone()));
+                if changed {
+                    tracing::error!(dir = %dir, error = %error, recheck = ?RECHECK, "recordings directory unavailable: not recording, and the index is left alone");
+                }
+                changed
+            }
+        }
     }
 
     /// The slot where a sampler for a camera's `profile` plugs in; the stream serving that
@@ -198,14 +267,16 @@ impl Media {
 
     /// Streams to run: the main stream when recording or sampled (or sampled as `sub` by a camera
     /// without a sub stream), the sub stream when sampled and distinct. One RTSP session per
-    /// stream (invariant M1).
+    /// stream (invariant M1). Nothing records while the recordings directory is unusable.
     async fn wanted(
         &self,
     ) -> Result<HashMap<StreamId, StreamPlan>, crate::registry::RegistryError> {
         let cameras = self.registry.cameras().await?;
         let tasks = self.registry.active_tasks().await?;
+        let recordings_usable = self.ctx.recordings.is_usable();
         let mut wanted = HashMap::new();
         for camera in cameras.iter().filter(|c| c.enabled) {
+            let record = camera.record && recordings_usable;
             let sampled = |p: StreamProfile| {
                 tasks
                     .iter()
@@ -218,9 +289,7 @@ impl Media {
                 continue;
             };
             let shared_sub = sub_url == main_url;
-            if camera.record
-                || sampled(StreamProfile::Main)
-                || (sampled(StreamProfile::Sub) && shared_sub)
+            if record || sampled(StreamProfile::Main) || (sampled(StreamProfile::Sub) && shared_sub)
             {
                 let mut taps = vec![self.tap_slot(camera.id(), StreamProfile::Main)];
                 if shared_sub {
@@ -234,7 +303,7 @@ impl Media {
                     camera: camera.clone(),
                     profile: StreamProfile::Main,
                     url: main_url,
-                    record: camera.record,
+                    record,
                     taps,
                 };
                 wanted.insert(id, plan);
@@ -288,9 +357,25 @@ impl Media {
                 profile: StreamProfile::Main,
             };
             if !wanted.contains_key(&main) {
+                // A camera kept from recording by the recordings directory says so, in its own
+                // state, rather than looking switched off.
+                let blocked = (camera.enabled && camera.record)
+                    .then(|| self.ctx.recordings.status())
+                    .filter(|r| r.state != RecordingsState::Ok);
                 self.ctx
                     .health
-                    .record(camera.id(), |h| h.state = CameraState::Disabled)
+                    .record(camera.id(), |h| match blocked {
+                        Some(r) => {
+                            h.state = CameraState::Error;
+                            h.last_error = Some(format!(
+                                "not recording: {}",
+                                r.error
+                                    .as_deref()
+                                    .unwrap_or("recordings directory not checked yet")
+                            ));
+                        }
+                        None => h.state = CameraState::Disabled,
+                    })
                     .await;
             }
         }

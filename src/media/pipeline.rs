@@ -432,11 +432,16 @@ fn add_recording_branch(
 }
 
 /// `<dir>/<YYYY-MM-DD>/<YYYYMMDDTHHMMSS.mmmZ>.mkv` for a segment starting at `start_ms`; the
-/// date directory is created, and a name already taken gets a suffix.
+/// date directory is created (never `dir` itself: a camera directory that vanished means the
+/// recordings disk went away, and footage must not land on the disk below), and a name already
+/// taken gets a suffix.
 pub fn segment_path(dir: &Path, start_ms: i64) -> std::io::Result<PathBuf> {
     let t = chrono::DateTime::from_timestamp_millis(start_ms).unwrap_or_default();
     let day = dir.join(t.format("%Y-%m-%d").to_string());
-    std::fs::create_dir_all(&day)?;
+    match std::fs::create_dir(&day) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
     let stem = t.format("%Y%m%dT%H%M%S%.3fZ").to_string();
     let mut path = day.join(format!("{stem}.mkv"));
     let mut n = 1;

@@ -1,10 +1,13 @@
 //! Start-up reconcile of recording files and the index (invariant S3).
 //!
 //! A power cut or SIGKILL leaves the segment that was being written without a row. Before any
-//! camera records, every file without a row is probed: a playable one is made durable and indexed
-//! (marked `recovered`), an unplayable one is moved to `recordings/.unplayable/`. Rows whose file
-//! is gone are removed and the hole becomes a gap (`file_lost`). `heldar db check` runs the same
-//! scan read-only and reports what it would do.
+//! camera records, every file without a row is probed: a playable one is made durable (file, then
+//! directories) and indexed (marked `recovered`), an unplayable one is moved to
+//! `recordings/.unplayable/` and both directories are fsynced. Rows whose file is gone are removed
+//! and the hole becomes a gap (`file_lost`). This runs only on a directory the marker check
+//! ([`super::recdir`]) accepted, and any error reading it stops the pass: a directory that cannot
+//! be listed says nothing about which files are gone. `heldar db check` runs the same scan
+//! read-only and reports what it would do.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -14,10 +17,38 @@ use serde::{Deserialize, Serialize};
 
 use super::index::{self, Gap, NewSegment};
 use super::probe::probe_segment;
+use super::recdir::{create_dirs_durably, sync_dir};
 use crate::store::{Store, StoreError};
 
 /// Where unplayable leftovers go, inside the recordings directory.
 const UNPLAYABLE: &str = ".unplayable";
+
+/// Why a scan or reconcile pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make {path} durable: {source}")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the reconcile task failed: {0}")]
+    Task(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for ReconcileError {
+    fn from(e: rusqlite::Error) -> Self {
+        ReconcileError::Store(e.into())
+    }
+}
 
 /// Disagreements between files and rows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -37,18 +68,23 @@ pub struct ReconcileReport {
 }
 
 /// Compares the files under `recordings_dir` with the `segments` rows. Read-only.
-pub fn scan(c: &Connection, recordings_dir: &Path) -> rusqlite::Result<Scan> {
+pub fn scan(c: &Connection, recordings_dir: &Path) -> Result<Scan, ReconcileError> {
     let mut stmt = c.prepare("SELECT path FROM segments")?;
     let rows: HashSet<String> = stmt
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
-    let files = list_recordings(recordings_dir);
+    let files = list_recordings(recordings_dir)?;
     let file_set: HashSet<&String> = files.iter().collect();
-    let mut rows_without_files: Vec<String> = rows
-        .iter()
-        .filter(|p| !file_set.contains(p) && !recordings_dir.join(p).exists())
-        .cloned()
-        .collect();
+    let mut rows_without_files = Vec::new();
+    for rel in rows.iter().filter(|p| !file_set.contains(p)) {
+        let path = recordings_dir.join(rel);
+        let exists = path
+            .try_exists()
+            .map_err(|source| ReconcileError::Read { path, source })?;
+        if !exists {
+            rows_without_files.push(rel.clone());
+        }
+    }
     rows_without_files.sort();
     let files_without_rows = files.into_iter().filter(|f| !rows.contains(f)).collect();
     Ok(Scan {
@@ -57,36 +93,45 @@ pub fn scan(c: &Connection, recordings_dir: &Path) -> rusqlite::Result<Scan> {
     })
 }
 
-/// Relative paths of every `<camera>/<day>/<file>.mkv`, sorted (oldest first within a camera).
-fn list_recordings(recordings_dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let dirs = |p: &Path| -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(p)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| {
-                !p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-            })
-            .collect();
-        v.sort();
-        v
+/// The entries of a directory that pass `keep` (by file type), dot-names skipped, sorted.
+fn entries(
+    dir: &Path,
+    keep: impl Fn(&std::fs::FileType, &Path) -> bool,
+) -> Result<Vec<PathBuf>, ReconcileError> {
+    let read = |source| ReconcileError::Read {
+        path: dir.to_path_buf(),
+        source,
     };
-    for camera in dirs(recordings_dir).into_iter().filter(|p| p.is_dir()) {
-        for day in dirs(&camera).into_iter().filter(|p| p.is_dir()) {
-            for file in dirs(&day)
-                .into_iter()
-                .filter(|p| p.extension().is_some_and(|e| e == "mkv"))
-            {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(read)? {
+        let entry = entry.map_err(read)?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if keep(&entry.file_type().map_err(read)?, &path) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Relative paths of every `<camera>/<day>/<file>.mkv`, sorted (oldest first within a camera).
+fn list_recordings(recordings_dir: &Path) -> Result<Vec<String>, ReconcileError> {
+    let is_dir = |t: &std::fs::FileType, _: &Path| t.is_dir();
+    let is_mkv = |_: &std::fs::FileType, p: &Path| p.extension().is_some_and(|e| e == "mkv");
+    let mut out = Vec::new();
+    for camera in entries(recordings_dir, is_dir)? {
+        for day in entries(&camera, is_dir)? {
+            for file in entries(&day, is_mkv)? {
                 if let Ok(rel) = file.strip_prefix(recordings_dir) {
                     out.push(rel.to_string_lossy().into_owned());
                 }
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Start time encoded in a segment's file name (`20261128T061530.123Z.mkv`, maybe with `-N`).
@@ -98,35 +143,32 @@ pub fn start_from_name(path: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp_millis())
 }
 
-/// Makes files and rows agree; runs before any camera records.
+/// Makes files and rows agree; runs before any camera records, on a directory whose marker
+/// matched.
 pub async fn reconcile(
     store: &Store,
     recordings_dir: &Path,
     boot_started_ms: i64,
-) -> Result<ReconcileReport, StoreError> {
+) -> Result<ReconcileReport, ReconcileError> {
     let dir = recordings_dir.to_path_buf();
-    let found = store
-        .read(move |c| Ok::<_, StoreError>(scan(c, &dir)?))
-        .await?;
+    let found = store.read(move |c| scan(c, &dir)).await?;
     let mut report = ReconcileReport::default();
 
     for rel in found.files_without_rows {
         let path = recordings_dir.join(&rel);
-        let probed = {
+        let probed = blocking({
             let path = path.clone();
-            tokio::task::spawn_blocking(move || {
-                let result = probe_segment(&path)?;
-                let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-                file.sync_all().map_err(|e| e.to_string())?;
-                let bytes = file.metadata().map_err(|e| e.to_string())?.len();
-                Ok::<_, String>((result, bytes))
-            })
-            .await
-            .map_err(|e| StoreError::Panicked(e.to_string()))?
-        };
+            move || Ok(probe_segment(&path))
+        })
+        .await?;
         let camera_id = rel.split('/').next().unwrap_or_default().to_string();
         match (probed, start_from_name(&rel)) {
-            (Ok((p, bytes)), Some(start_ms)) if p.playable() => {
+            (Ok(p), Some(start_ms)) if p.playable() => {
+                let bytes = blocking({
+                    let path = path.clone();
+                    move || make_durable(&path)
+                })
+                .await?;
                 let segment = NewSegment {
                     camera_id,
                     start_ms,
@@ -151,20 +193,20 @@ pub async fn reconcile(
                     Err(e) => e,
                     Ok(_) => "not playable or unnamed".into(),
                 };
-                let target = recordings_dir.join(UNPLAYABLE).join(&rel);
-                let moved = target
-                    .parent()
-                    .map_or(Ok(()), std::fs::create_dir_all)
-                    .and_then(|()| std::fs::rename(&path, &target));
+                let moved = blocking({
+                    let (dir, rel) = (recordings_dir.to_path_buf(), rel.clone());
+                    move || Ok(move_aside(&dir, &rel))
+                })
+                .await?;
                 match moved {
-                    Ok(()) => {
-                        tracing::warn!(path = %rel, reason = %why, moved_to = %target.display(), "moved aside an unplayable recording")
+                    Ok(target) => {
+                        tracing::warn!(path = %rel, reason = %why, moved_to = %target.display(), "moved aside an unplayable recording");
+                        report.moved_aside.push(rel);
                     }
                     Err(e) => {
                         tracing::error!(path = %rel, error = %e, "cannot move aside an unplayable recording")
                     }
                 }
-                report.moved_aside.push(rel);
             }
         }
     }
@@ -203,6 +245,57 @@ pub async fn reconcile(
         report.rows_removed = found.rows_without_files;
     }
     Ok(report)
+}
+
+/// Runs file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ReconcileError> + Send + 'static,
+) -> Result<T, ReconcileError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ReconcileError::Task(e.to_string()))?
+}
+
+/// fsyncs a recovered segment, then its day and camera directories (invariant S3: only then may
+/// a row point at it); returns its size.
+fn make_durable(path: &Path) -> Result<u64, ReconcileError> {
+    let sync = |p: &Path, r: std::io::Result<()>| {
+        r.map_err(|source| ReconcileError::Sync {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let file = std::fs::File::open(path).map_err(|source| ReconcileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    sync(path, file.sync_all())?;
+    let bytes = file
+        .metadata()
+        .map_err(|source| ReconcileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    for dir in path.ancestors().skip(1).take(2) {
+        sync(dir, sync_dir(dir))?;
+    }
+    Ok(bytes)
+}
+
+/// Moves `rel` to `.unplayable/rel` and fsyncs both directories; returns the new path.
+fn move_aside(recordings_dir: &Path, rel: &str) -> std::io::Result<PathBuf> {
+    let from = recordings_dir.join(rel);
+    let target_rel = Path::new(UNPLAYABLE).join(rel);
+    let target = recordings_dir.join(&target_rel);
+    if let Some(parent) = target_rel.parent() {
+        create_dirs_durably(recordings_dir, parent)?;
+    }
+    std::fs::rename(&from, &target)?;
+    for dir in [from.parent(), target.parent()].into_iter().flatten() {
+        sync_dir(dir)?;
+    }
+    Ok(target)
 }
 
 #[cfg(test)]

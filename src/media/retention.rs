@@ -13,7 +13,8 @@
 //! and segments a clip export is reading ([`ReadLocks`]). A row is deleted before its file, so a
 //! crash in between leaves a file without a row, which the start-up reconcile indexes again and
 //! the next pass deletes again: never a row pointing at nothing. Every pass that deletes logs
-//! what, how much and why.
+//! what, how much and why. No pass runs while the recordings directory is refused
+//! ([`super::recdir`]): the free space of an empty mount point says nothing about the real disk.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use rusqlite::params;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::recdir::RecordingsGate;
 use crate::config::model::RecordingConfig;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
@@ -144,6 +146,8 @@ pub struct Retention {
     policy: RecordingConfig,
     pub read_locks: ReadLocks,
     nudge: Arc<Notify>,
+    /// When set, passes run only while it says the recordings directory is usable.
+    gate: Option<RecordingsGate>,
 }
 
 struct Victim {
@@ -162,7 +166,14 @@ impl Retention {
             policy,
             read_locks: ReadLocks::default(),
             nudge: Arc::default(),
+            gate: None,
         }
+    }
+
+    /// Makes passes wait for the media service's verdict on the recordings directory.
+    pub(crate) fn guarded_by(mut self, gate: RecordingsGate) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Asks for a pass soon (a segment closed); cheap, and coalesced.
@@ -190,6 +201,9 @@ impl Retention {
     pub async fn pass(&self) -> Result<PassReport, StoreError> {
         remove_expired_clips(&self.clips_dir);
         let mut report = PassReport::default();
+        if self.gate.as_ref().is_some_and(|g| !g.is_usable()) {
+            return Ok(report);
+        }
         let policy = match self.registry.settings().await {
             Ok(s) => s.recording,
             Err(e) => {

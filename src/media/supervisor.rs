@@ -27,6 +27,7 @@ use super::health::CameraState;
 use super::index::{self, NewSegment};
 use super::pipeline::TapSlot;
 use super::pipeline::{PipelineEvent, RecordSpec, StreamPipeline, StreamSpec};
+use super::recdir::create_dirs_durably;
 use super::reconcile::start_from_name;
 use crate::config::model::StreamProfile;
 use crate::config::secret::redact_url;
@@ -126,7 +127,7 @@ async fn run_once(ctx: &MediaContext, plan: &StreamPlan, stop: &CancellationToke
     let segment = Duration::from_secs(settings.segment_seconds.into());
     let record = if plan.record {
         let camera_dir = ctx.recordings_dir.join(id);
-        if let Err(e) = create_dir_durably(&camera_dir) {
+        if let Err(e) = create_dirs_durably(&ctx.recordings_dir, Path::new(id)) {
             return RunEnd::Failed(format!("cannot create {}: {e}", camera_dir.display()));
         }
         Some(RecordSpec {
@@ -366,18 +367,6 @@ fn sync_segment(path: &Path) -> std::io::Result<u64> {
         }
     }
     Ok(bytes)
-}
-
-/// Creates a directory and makes its entry durable in the parent.
-fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
-    if let Some(parent) = dir.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// `host:port` of an RTSP URL, for the reachability probe.

@@ -60,6 +60,14 @@ impl Store {
         .await
     }
 
+    /// The database's random id (migration 0009), which the recordings directory's marker
+    /// carries so the media service can tell its own disk from an empty mount point or a swapped
+    /// disk.
+    pub async fn database_id(&self) -> Result<String, StoreError> {
+        self.read(|c| Ok(c.query_row("SELECT id FROM database_identity", [], |r| r.get(0))?))
+            .await
+    }
+
     pub async fn boot_history(&self, boot: Boot) -> Result<BootHistory, StoreError> {
         self.read(move |c| Ok(history(c, boot.id)?)).await
     }

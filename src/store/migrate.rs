@@ -62,6 +62,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_outbox_bytes",
         sql: include_str!("../../migrations/0008_outbox_bytes.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_recordings_marker",
+        sql: include_str!("../../migrations/0009_recordings_marker.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -6,6 +6,7 @@ mod config;
 mod daemon;
 mod durability;
 mod faults;
+mod faults_media;
 mod fixtures;
 mod http_limits;
 mod maintenance;

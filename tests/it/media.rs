@@ -29,15 +29,15 @@ pub fn camera_toml(id: &str, url: &str, segment_seconds: u32) -> String {
 }
 
 #[derive(Debug, Clone)]
-struct Row {
-    start_ms: i64,
-    end_ms: i64,
-    path: String,
-    bytes: i64,
-    recovered: bool,
+pub struct Row {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub path: String,
+    pub bytes: i64,
+    pub recovered: bool,
 }
 
-fn segments(d: &Daemon, camera: &str) -> Vec<Row> {
+pub fn segments(d: &Daemon, camera: &str) -> Vec<Row> {
     let db = d.dir.path().join("data/heldar.db");
     let c = Connection::open(db).unwrap();
     let mut stmt = c
@@ -57,7 +57,7 @@ fn segments(d: &Daemon, camera: &str) -> Vec<Row> {
     .collect()
 }
 
-fn gaps(d: &Daemon, camera: &str) -> Vec<(i64, i64, String)> {
+pub fn gaps(d: &Daemon, camera: &str) -> Vec<(i64, i64, String)> {
     let c = Connection::open(d.dir.path().join("data/heldar.db")).unwrap();
     let mut stmt = c
         .prepare("SELECT start_ms, end_ms, reason FROM gaps WHERE camera_id = ?1 ORDER BY start_ms")
@@ -68,7 +68,7 @@ fn gaps(d: &Daemon, camera: &str) -> Vec<(i64, i64, String)> {
         .collect()
 }
 
-fn health(d: &Daemon, camera: &str) -> Option<Value> {
+pub fn health(d: &Daemon, camera: &str) -> Option<Value> {
     let out = d.cli(&["--json", "cameras", "list"]);
     let list: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
     list.into_iter()
@@ -76,13 +76,13 @@ fn health(d: &Daemon, camera: &str) -> Option<Value> {
         .map(|c| c["health"].clone())
 }
 
-fn state(d: &Daemon, camera: &str) -> String {
+pub fn state(d: &Daemon, camera: &str) -> String {
     health(d, camera)
         .and_then(|h| h["state"].as_str().map(str::to_string))
         .unwrap_or_default()
 }
 
-fn wait_state(d: &Daemon, camera: &str, want: &str, timeout: Duration) {
+pub fn wait_state(d: &Daemon, camera: &str, want: &str, timeout: Duration) {
     wait_for(timeout, || (state(d, camera) == want).then_some(())).unwrap_or_else(|| {
         panic!(
             "camera {camera} never became {want} (is {}); log:\n{}",
@@ -92,13 +92,13 @@ fn wait_state(d: &Daemon, camera: &str, want: &str, timeout: Duration) {
     });
 }
 
-fn stop(d: &mut Daemon) {
+pub fn stop(d: &mut Daemon) {
     d.signal(Signal::SIGTERM);
     let status = d.wait_exit(Duration::from_secs(15)).expect("daemon stops");
     assert!(status.success(), "log:\n{}", d.log());
 }
 
-fn recordings(d: &Daemon) -> std::path::PathBuf {
+pub fn recordings(d: &Daemon) -> std::path::PathBuf {
     d.dir.path().join("data/recordings")
 }
 
@@ -495,7 +495,7 @@ fn jpeg_size(bytes: &[u8]) -> Option<(u16, u16)> {
     None
 }
 
-fn walk(dir: &Path) -> Vec<String> {
+pub fn walk(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         if e.path().is_dir() {
