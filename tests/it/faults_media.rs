@@ -2,14 +2,12 @@
 //! another database must leave the index and its evidence locks alone (invariant S3: reconcile
 //! removes rows only for files that are really gone), and recording resumes once it is back.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::fixtures::{Daemon, stderr, stdout, wait_for};
+use crate::fixtures::{Daemon, Tmpfs, stderr, stdout, wait_for};
 use crate::media::{camera, camera_toml, gaps, health, recordings, stop, wait_state, walk};
 
 /// The marker the daemon keeps at the top of its recordings directory: the database's id.
@@ -86,47 +84,6 @@ fn assert_kept(d: &Daemon, before: &[(i64, String, bool)], when: &str) {
     assert!(file_lost(d).is_empty(), "{when}: {:?}", file_lost(d));
 }
 
-/// An empty tmpfs mounted over a directory (a disk that did not mount: the mount point shows
-/// through), unmounted on drop.
-struct MountedOver {
-    path: PathBuf,
-    mounted: bool,
-}
-
-impl MountedOver {
-    fn tmpfs(path: &Path) -> MountedOver {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-            .arg(path)
-            .output()
-            .expect("run mount");
-        assert!(
-            out.status.success(),
-            "cannot mount a tmpfs (the fault tests need root): {}",
-            stderr(&out)
-        );
-        MountedOver {
-            path: path.to_path_buf(),
-            mounted: true,
-        }
-    }
-
-    /// A plain (not lazy) unmount: it fails if the daemon holds anything open in there.
-    fn unmount(&mut self) {
-        let out = Command::new("umount").arg(&self.path).output().unwrap();
-        assert!(out.status.success(), "umount: {}", stderr(&out));
-        self.mounted = false;
-    }
-}
-
-impl Drop for MountedOver {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-        }
-    }
-}
-
 #[test]
 fn an_unmounted_recordings_disk_leaves_the_index_alone_and_recording_resumes_when_it_returns() {
     let cam = camera();
@@ -138,7 +95,8 @@ fn an_unmounted_recordings_disk_leaves_the_index_alone_and_recording_resumes_whe
     );
 
     // (a) The disk did not mount: an empty file system shows at the recordings path.
-    let mut mount = MountedOver::tmpfs(&recordings(&d));
+    // An empty tmpfs over the directory: a disk that did not mount, the mount point shows through.
+    let mut mount = Tmpfs::mount_at(&recordings(&d), "1m");
     restart(&mut d);
     let reported = wait_recordings(&d, "unavailable", Duration::from_secs(15));
     assert_kept(&d, &before, "disk not mounted");

@@ -258,6 +258,7 @@ impl Drop for Daemon {
 /// Needs root (CI and `make test` run as root here); anything else is a loud failure, not a skip.
 pub struct Tmpfs {
     path: PathBuf,
+    mounted: bool,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -285,8 +286,16 @@ impl Tmpfs {
         );
         Tmpfs {
             path: path.to_path_buf(),
+            mounted: true,
             _dir: None,
         }
+    }
+
+    /// A plain (not lazy) unmount: it fails if anybody (the daemon) holds something open in it.
+    pub fn unmount(&mut self) {
+        let out = Command::new("umount").arg(&self.path).output().unwrap();
+        assert!(out.status.success(), "umount: {}", stderr(&out));
+        self.mounted = false;
     }
 
     pub fn path(&self) -> &Path {
@@ -316,6 +325,9 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
+        if !self.mounted {
+            return;
+        }
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
