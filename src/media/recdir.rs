@@ -192,6 +192,18 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// fsyncs a segment file, then its day directory and the camera directory, and returns its size.
+/// Invariant S3: only after this may a row point at the file (a finished or a recovered one).
+pub fn sync_segment(path: &Path) -> std::io::Result<u64> {
+    let file = std::fs::File::open(path)?;
+    file.sync_all()?;
+    let bytes = file.metadata()?.len();
+    for dir in path.ancestors().skip(1).take(2) {
+        sync_dir(dir)?;
+    }
+    Ok(bytes)
+}
+
 /// Creates `base/rel` one component at a time, fsyncing each parent after an entry was added.
 /// `base` itself is never created: a missing base means the disk is gone, not a directory to make.
 pub fn create_dirs_durably(base: &Path, rel: &Path) -> std::io::Result<()> {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::index::{self, Gap, NewSegment};
 use super::probe::probe_segment;
-use super::recdir::{create_dirs_durably, sync_dir};
+use super::recdir::{create_dirs_durably, sync_dir, sync_segment};
 use crate::store::{Store, StoreError};
 
 /// Where unplayable leftovers go, inside the recordings directory.
@@ -256,31 +256,12 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ReconcileError::Task(e.to_string()))?
 }
 
-/// fsyncs a recovered segment, then its day and camera directories (invariant S3: only then may
-/// a row point at it); returns its size.
+/// fsyncs a recovered segment and its directories (invariant S3); returns its size.
 fn make_durable(path: &Path) -> Result<u64, ReconcileError> {
-    let sync = |p: &Path, r: std::io::Result<()>| {
-        r.map_err(|source| ReconcileError::Sync {
-            path: p.to_path_buf(),
-            source,
-        })
-    };
-    let file = std::fs::File::open(path).map_err(|source| ReconcileError::Read {
+    sync_segment(path).map_err(|source| ReconcileError::Sync {
         path: path.to_path_buf(),
         source,
-    })?;
-    sync(path, file.sync_all())?;
-    let bytes = file
-        .metadata()
-        .map_err(|source| ReconcileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
-    for dir in path.ancestors().skip(1).take(2) {
-        sync(dir, sync_dir(dir))?;
-    }
-    Ok(bytes)
+    })
 }
 
 /// Moves `rel` to `.unplayable/rel` and fsyncs both directories; returns the new path.

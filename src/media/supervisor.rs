@@ -27,7 +27,7 @@ use super::health::CameraState;
 use super::index::{self, NewSegment};
 use super::pipeline::TapSlot;
 use super::pipeline::{PipelineEvent, RecordSpec, StreamPipeline, StreamSpec};
-use super::recdir::create_dirs_durably;
+use super::recdir::{create_dirs_durably, sync_segment};
 use super::reconcile::start_from_name;
 use crate::config::model::StreamProfile;
 use crate::config::secret::redact_url;
@@ -351,22 +351,6 @@ async fn close_fragment(
             tracing::error!(camera = %id, path = %path.display(), error = %e, "cannot index a segment")
         }
     }
-}
-
-/// fsyncs a finished segment, then its day directory and the camera directory, and returns its
-/// size. Invariant S3: only after this may a row point at the file.
-fn sync_segment(path: &Path) -> std::io::Result<u64> {
-    let file = std::fs::File::open(path)?;
-    file.sync_all()?;
-    let bytes = file.metadata()?.len();
-    let mut dir = path.parent();
-    for _ in 0..2 {
-        if let Some(d) = dir {
-            std::fs::File::open(d)?.sync_all()?;
-            dir = d.parent();
-        }
-    }
-    Ok(bytes)
 }
 
 /// `host:port` of an RTSP URL, for the reachability probe.

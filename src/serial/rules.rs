@@ -188,36 +188,21 @@ impl RulesExecutor {
             .await
     }
 
-    async fn finish(&self, id: i64, result: String) {
-        let done = self
+    /// Records an action's outcome: final (`done`), or its last error while it stays pending.
+    async fn record(&self, id: i64, result: String, done: bool) {
+        let written = self
             .store
             .write(move |c| {
+                let done_at = done.then(|| chrono::Utc::now().timestamp_millis());
                 c.execute(
                     "UPDATE rule_actions SET done_at_ms = ?1, result = ?2 WHERE id = ?3 AND done_at_ms IS NULL",
-                    params![chrono::Utc::now().timestamp_millis(), result, id],
+                    params![done_at, result, id],
                 )?;
                 Ok::<_, StoreError>(())
             })
             .await;
-        if let Err(e) = done {
-            tracing::error!(id, error = %e, "cannot mark a rule action done");
-        }
-    }
-
-    /// Keeps the action pending with its last error, to be tried again later.
-    async fn note_failure(&self, id: i64, error: String) {
-        let noted = self
-            .store
-            .write(move |c| {
-                c.execute(
-                    "UPDATE rule_actions SET result = ?1 WHERE id = ?2 AND done_at_ms IS NULL",
-                    params![format!("retrying: {error}"), id],
-                )?;
-                Ok::<_, StoreError>(())
-            })
-            .await;
-        if let Err(e) = noted {
-            tracing::warn!(id, error = %e, "cannot record a rule action's failure");
+        if let Err(e) = written {
+            tracing::error!(id, done, error = %e, "cannot record a rule action's outcome");
         }
     }
 
@@ -225,7 +210,7 @@ impl RulesExecutor {
         let action: Action = match p.action.parse() {
             Ok(a) => a,
             Err(e) => {
-                self.finish(p.id, format!("error: {e}")).await;
+                self.record(p.id, format!("error: {e}"), true).await;
                 return;
             }
         };
@@ -275,7 +260,7 @@ impl RulesExecutor {
         match result {
             Ok(()) => {
                 tracing::info!(action = %p.action, "rule fired");
-                self.finish(p.id, "ok".into()).await;
+                self.record(p.id, "ok".into(), true).await;
             }
             Err(e) if transient(&e) => {
                 let retry = retries.entry(p.id).or_insert(Retry {
@@ -287,17 +272,17 @@ impl RulesExecutor {
                 if age > MAX_ACTION_AGE.as_millis() as i64 {
                     tracing::warn!(action = %p.action, attempts = retry.attempts, error = %e, "rule action given up");
                     let result = format!("expired after {} attempts: {e}", retry.attempts);
-                    self.finish(p.id, result).await;
+                    self.record(p.id, result, true).await;
                     return;
                 }
                 let wait = (RETRY_MIN * 2u32.saturating_pow(retry.attempts - 1)).min(RETRY_MAX);
                 retry.next = tokio::time::Instant::now() + wait;
                 tracing::warn!(action = %p.action, attempt = retry.attempts, error = %e, "rule action failed; retrying");
-                self.note_failure(p.id, e.to_string()).await;
+                self.record(p.id, format!("retrying: {e}"), false).await;
             }
             Err(e) => {
                 tracing::warn!(action = %p.action, error = %e, "rule action failed");
-                self.finish(p.id, format!("error: {e}")).await;
+                self.record(p.id, format!("error: {e}"), true).await;
             }
         }
     }

@@ -30,13 +30,7 @@ fn outbox_status(d: &Daemon) -> Value {
 fn restart(d: &mut Daemon) {
     d.signal(Signal::SIGTERM);
     assert!(d.wait_exit(Duration::from_secs(20)).is_some(), "stops");
-    d.notifications.clear();
-    d.spawn(&[]);
-    assert!(
-        d.wait_notify("READY=1", Duration::from_secs(20)),
-        "{}",
-        d.log()
-    );
+    d.respawn();
 }
 
 /// Item 1: the broker is down for more than an hour, then the daemon restarts. Compaction used to
@@ -65,9 +59,7 @@ fn compaction_at_start_keeps_records_the_uplink_has_not_acknowledged() {
         .unwrap();
     let want = outbox(&d);
     assert!(want.len() >= 50);
-    d.notifications.clear();
-    d.spawn(&[]);
-    assert!(d.wait_notify("READY=1", Duration::from_secs(20)));
+    d.respawn();
     // Compaction's first pass runs at start; give it time to do its worst.
     std::thread::sleep(Duration::from_secs(3));
     broker.spawn();

@@ -61,16 +61,6 @@ fn record_and_lock(d: &mut Daemon) -> Vec<(i64, String, bool)> {
     rows
 }
 
-fn restart(d: &mut Daemon) {
-    d.notifications.clear();
-    d.spawn(&[]);
-    assert!(
-        d.wait_notify("READY=1", Duration::from_secs(20)),
-        "no READY=1; log:\n{}",
-        d.log()
-    );
-}
-
 /// Every row of `before` is still there, unchanged (ids, paths, locks).
 fn assert_kept(d: &Daemon, before: &[(i64, String, bool)], when: &str) {
     let now = index(d);
@@ -97,7 +87,7 @@ fn an_unmounted_recordings_disk_leaves_the_index_alone_and_recording_resumes_whe
     // (a) The disk did not mount: an empty file system shows at the recordings path.
     // An empty tmpfs over the directory: a disk that did not mount, the mount point shows through.
     let mut mount = Tmpfs::mount_at(&recordings(&d), "1m");
-    restart(&mut d);
+    d.respawn();
     let reported = wait_recordings(&d, "unavailable", Duration::from_secs(15));
     assert_kept(&d, &before, "disk not mounted");
     let reported = reported.unwrap_or_else(|| {
@@ -148,7 +138,7 @@ fn an_unmounted_recordings_disk_leaves_the_index_alone_and_recording_resumes_whe
     stop(&mut d);
     assert_kept(&d, &before, "disk back");
 
-    restart(&mut d);
+    d.respawn();
     wait_state(&d, "gate", "recording", Duration::from_secs(15));
     stop(&mut d);
     assert_kept(&d, &before, "disk back, restarted");
@@ -164,7 +154,7 @@ fn a_missing_or_foreign_recordings_dir_is_refused_untouched() {
     std::fs::rename(&rec, &away).unwrap();
 
     // Gone altogether: refused, and not recreated.
-    restart(&mut d);
+    d.respawn();
     let reported = wait_recordings(&d, "unavailable", Duration::from_secs(15));
     assert_kept(&d, &before, "directory missing");
     assert!(reported.is_some(), "{:?}", recordings_status(&d));
@@ -174,7 +164,7 @@ fn a_missing_or_foreign_recordings_dir_is_refused_untouched() {
     // Another database's disk (swapped): refused, nothing written into it.
     std::fs::create_dir(&rec).unwrap();
     std::fs::write(rec.join(MARKER), "0123456789abcdef0123456789abcdef\n").unwrap();
-    restart(&mut d);
+    d.respawn();
     let reported = wait_recordings(&d, "unavailable", Duration::from_secs(15));
     assert_kept(&d, &before, "another database's directory");
     let reported = reported.unwrap_or_else(|| panic!("{:?}", recordings_status(&d)));
@@ -197,7 +187,7 @@ fn a_missing_or_foreign_recordings_dir_is_refused_untouched() {
     // The right disk back: accepted, recording resumes, nothing lost.
     std::fs::remove_dir_all(&rec).unwrap();
     std::fs::rename(&away, &rec).unwrap();
-    restart(&mut d);
+    d.respawn();
     wait_recordings(&d, "ok", Duration::from_secs(15))
         .unwrap_or_else(|| panic!("{:?}\nlog:\n{}", recordings_status(&d), d.log()));
     wait_state(&d, "gate", "recording", Duration::from_secs(15));

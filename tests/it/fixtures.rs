@@ -173,6 +173,18 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// Starts the daemon again on the same dir and waits for `READY=1` (after it stopped or was
+    /// killed), panicking with its log if it does not come.
+    pub fn respawn(&mut self) {
+        self.notifications.clear();
+        self.spawn(&[]);
+        assert!(
+            self.wait_notify("READY=1", Duration::from_secs(20)),
+            "no READY=1; log:\n{}",
+            self.log()
+        );
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("heldar.toml")
     }
