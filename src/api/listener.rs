@@ -11,7 +11,13 @@
 //!   even while idle sockets fill the table; when every connection has a request in flight, the
 //!   new one is closed at once;
 //! - a failed `accept()` (out of descriptors, say) is retried after [`ACCEPT_BACKOFF`]; it never
-//!   ends the service.
+//!   ends the service;
+//! - a request answered before its body was read (refused by the role check, say) has the rest
+//!   of its body read and discarded, up to [`DRAIN_LIMIT`] bytes within [`HEADER_READ_TIMEOUT`].
+//!   Left to itself, hyper closes such a connection after the answer without saying
+//!   `connection: close`, whenever the body had not fully arrived yet; a keep-alive client (a
+//!   worker, the tests) then sends its next request into a closed socket and fails with "peer
+//!   disconnected".
 //!
 //! The systemd unit's `LimitNOFILE=` is sized so that the table at its fullest leaves the
 //! recorder most of the descriptors.
@@ -27,6 +33,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::http::Request;
+use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::{Service as _, service_fn};
@@ -45,6 +52,9 @@ pub const MAX_CONNECTIONS: usize = 256;
 /// Pause after a failed `accept()`: long enough not to spin while descriptors are short, short
 /// enough that a freed descriptor is used at once.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// The most of an unread request body read to keep its connection: a worker's largest post fits;
+/// a bigger unread body closes the connection instead of being read for nothing.
+pub const DRAIN_LIMIT: u64 = 4 << 20;
 
 /// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
 pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
@@ -92,7 +102,8 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
         let service = {
             let router = TowerToHyperService::new(router.clone());
             let state = entry.state.clone();
-            service_fn(move |mut request: Request<Incoming>| {
+            service_fn(move |request: Request<Incoming>| {
+                let mut request = request.map(Drained::new);
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let busy = InFlight::enter(&state);
                 let answer = router.call(request);
@@ -211,6 +222,71 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A request body read to its end even when the handler drops it unread (see the module doc).
+struct Drained {
+    inner: Option<Incoming>,
+}
+
+impl Drained {
+    fn new(inner: Incoming) -> Drained {
+        Drained { inner: Some(inner) }
+    }
+}
+
+impl Body for Drained {
+    type Data = <Incoming as Body>::Data;
+    type Error = <Incoming as Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.get_mut().inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        let Some(mut rest) = self.inner.take() else {
+            return;
+        };
+        if rest.is_end_stream() || rest.size_hint().lower() > DRAIN_LIMIT {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let drain = async {
+                let mut read = 0u64;
+                while let Some(Ok(frame)) = rest.frame().await {
+                    if let Some(data) = frame.data_ref() {
+                        read += data.len() as u64;
+                        if read > DRAIN_LIMIT {
+                            return;
+                        }
+                    }
+                }
+            };
+            // Dropping `rest` unfinished (too big, too slow) lets hyper close the connection.
+            let _ = tokio::time::timeout(HEADER_READ_TIMEOUT, drain).await;
+        });
     }
 }
 

@@ -190,3 +190,59 @@ fn half_open_sockets_stop_neither_recording_nor_healthz_and_are_closed_by_the_se
     );
     healthz(addr).expect("healthz after the attack");
 }
+
+/// Reads one HTTP/1.1 response with a `content-length` body; `Err` says what went wrong.
+fn read_response(s: &mut TcpStream) -> Result<String, String> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() >= end + 4 + length {
+                return Ok(String::from_utf8_lossy(&got[..end + 4 + length]).into_owned());
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return Err(format!("closed after {:?}", String::from_utf8_lossy(&got))),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// A client whose request body trails its head (a worker on a busy box, descheduled between two
+/// writes) and that is refused before the body is read (no token): the connection must stay
+/// usable for its next request, as the answer did not say `connection: close`. Closing it made
+/// the client's next request on the pooled connection fail with "peer disconnected".
+#[test]
+fn a_request_refused_before_its_body_arrived_leaves_the_connection_usable() {
+    let d = Daemon::start("").ready();
+    let addr = http_listen(&d);
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let body = br#"{"camera": "nocam", "detections": []}"#;
+    s.write_all(
+        format!(
+            "POST /api/v1/ai/events HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let first = read_response(&mut s).expect("the refusal");
+    assert!(first.starts_with("HTTP/1.1 401"), "{first}");
+    s.write_all(body).unwrap();
+    let closes = first.to_ascii_lowercase().contains("connection: close");
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    match read_response(&mut s) {
+        Ok(second) => assert!(second.starts_with("HTTP/1.1 200"), "{second}"),
+        Err(e) => panic!(
+            "the next request on the connection got no answer ({e}); the refusal said connection: close: {closes}"
+        ),
+    }
+}
