@@ -259,6 +259,19 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The harness shows a failed test's output: the daemon's side of the story with it.
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("daemon exited: {exited:?}; its last log lines:");
+            for line in tail.iter().rev() {
+                eprintln!("  {line}");
+            }
+        }
         if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
