@@ -2,8 +2,10 @@
 //! it ended (invariant X1's "who did what").
 //!
 //! Writers are the API's audit middleware (HTTP and control socket) and the MQTT config
-//! handler. The table refuses UPDATE and DELETE (migration 0006), so rows only accumulate; at a
-//! few hundred bytes a row, years of technician activity fit in a few megabytes.
+//! handler. The table refuses UPDATE and DELETE (migration 0006) except the deletes of
+//! [`prune`], which may remove only rows older than the cutoff it declares in the same
+//! transaction (migration 0010): history is rewritten by nobody, and kept for
+//! `retention.audit_max_age` with the newest `retention.audit_keep` rows always there.
 
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
@@ -78,4 +80,25 @@ pub fn latest(c: &Connection, limit: u32) -> Result<Vec<AuditEntry>, StoreError>
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Deletes up to `limit` rows older than `before_ms`, keeping the newest `keep` rows whatever
+/// their age. The cutoff goes into `audit_retention` for the append-only trigger to check, and
+/// out again, within the caller's transaction.
+pub fn prune(c: &Connection, before_ms: i64, keep: u64, limit: u64) -> Result<u64, StoreError> {
+    c.execute(
+        "INSERT INTO audit_retention (before_ms) VALUES (?1)",
+        [before_ms],
+    )?;
+    let deleted = c.execute(
+        "DELETE FROM audit WHERE id IN (
+           SELECT id FROM audit
+            WHERE at_ms < ?1
+              AND id < (SELECT COALESCE(MIN(id), 9223372036854775807)
+                          FROM (SELECT id FROM audit ORDER BY id DESC LIMIT ?2))
+            ORDER BY at_ms LIMIT ?3)",
+        params![before_ms, keep as i64, limit as i64],
+    )? as u64;
+    c.execute("DELETE FROM audit_retention", [])?;
+    Ok(deleted)
 }

@@ -15,6 +15,8 @@
 //! - [`worker`]: the reference motion worker (`heldar worker motion`);
 //! - [`metrics`]: counters and histograms filled by the hot paths, read by `/metrics`;
 //! - [`audit`]: the append-only record of every change and who asked for it;
+//! - [`metadata_retention`]: the age and size bounds on detections, zone events, rule actions
+//!   and audit rows;
 //! - [`api`]: the loopback HTTP listener and the CLI's Unix control socket;
 //! - [`daemon`]: the composition root that builds and stops every service;
 //! - [`cli`]: the `heldar` command.
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod media;
+pub mod metadata_retention;
 pub mod metrics;
 pub mod outbox;
 pub mod perception;

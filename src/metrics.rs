@@ -30,6 +30,14 @@ pub struct ConsumerFailure {
     pub cause: &'static str,
 }
 
+/// Which metadata table lost rows to retention, and why, as labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MetadataDeleted {
+    pub table: &'static str,
+    /// `age` (past its `retention.*_max_age`) or `size` (the database cap, before its age).
+    pub reason: &'static str,
+}
+
 /// The process-wide instruments.
 pub struct Instruments {
     pub ingest_requests: Family<IngestOutcome, Counter>,
@@ -39,6 +47,7 @@ pub struct Instruments {
     pub mqtt_acks: Counter,
     pub mqtt_publish_seconds: Histogram,
     pub consumer_failures: Family<ConsumerFailure, Counter>,
+    pub metadata_deletes: Family<MetadataDeleted, Counter>,
 }
 
 /// Latency buckets from 0.5 ms to about 8 s: commits on flash take milliseconds, a stalled
@@ -55,6 +64,7 @@ pub static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     mqtt_acks: Counter::default(),
     mqtt_publish_seconds: Histogram::new(latency_buckets()),
     consumer_failures: Family::default(),
+    metadata_deletes: Family::default(),
 });
 
 impl Instruments {
@@ -75,6 +85,15 @@ impl Instruments {
             .inc();
     }
 
+    pub fn metadata_deleted(&self, table: &'static str, reason: &'static str, rows: u64) {
+        if rows == 0 {
+            return;
+        }
+        self.metadata_deletes
+            .get_or_create(&MetadataDeleted { table, reason })
+            .inc_by(rows);
+    }
+
     /// Adds the instruments to a scrape's registry. The metrics are shared handles, so the
     /// scrape reads the live values.
     pub fn register(&self, registry: &mut Registry) {
@@ -82,6 +101,11 @@ impl Instruments {
             "heldar_consumer_failures",
             "Failed attempts of a local outbox consumer, by cause",
             self.consumer_failures.clone(),
+        );
+        registry.register(
+            "heldar_metadata_deleted",
+            "Metadata rows deleted by retention, by table and reason",
+            self.metadata_deletes.clone(),
         );
         registry.register(
             "heldar_ingest_requests",

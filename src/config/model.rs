@@ -32,6 +32,7 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttConfig>,
     pub outbox: OutboxConfig,
+    pub retention: RetentionConfig,
     pub recording: RecordingConfig,
     pub media: MediaConfig,
     pub sampler: SamplerConfig,
@@ -59,6 +60,7 @@ impl Default for Config {
             control: ControlConfig::default(),
             mqtt: None,
             outbox: OutboxConfig::default(),
+            retention: RetentionConfig::default(),
             recording: RecordingConfig::default(),
             media: MediaConfig::default(),
             sampler: SamplerConfig::default(),
@@ -169,6 +171,11 @@ pub struct MqttConfig {
     pub config_topics: bool,
     #[serde(default = "default_keep_alive")]
     pub keep_alive: Duration,
+    /// Label topics (`cameras/<cam>/<label>`, and their Home Assistant sensors) kept per camera:
+    /// a worker with an open vocabulary would otherwise leave one retained topic and one entity
+    /// per word it ever said. Labels seen most recently win a place.
+    #[serde(default = "default_labels_per_camera")]
+    pub labels_per_camera: u32,
 }
 
 fn default_mqtt_prefix() -> String {
@@ -181,6 +188,10 @@ fn default_discovery_prefix() -> String {
 
 fn default_keep_alive() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_labels_per_camera() -> u32 {
+    32
 }
 
 fn yes() -> bool {
@@ -201,6 +212,37 @@ impl Default for OutboxConfig {
         OutboxConfig {
             max_bytes: ByteSize::mib(256),
             max_age: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// Bounds on what the box keeps besides footage and the outbox: without them a year of
+/// detections, zone events, rule actions and audit rows fills the disk.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Detections (with their batches), zone events and finished rule actions older than this
+    /// are deleted.
+    pub metadata_max_age: Duration,
+    /// The database's pages in use, less the outbox's payload (bounded by `outbox.max_bytes`),
+    /// are kept under this: past it the oldest detections go first, then zone events, then
+    /// finished rule actions, whatever their age. The file holds about this plus the outbox;
+    /// it does not shrink, and the pages deletes free are reused before it grows.
+    pub metadata_max_bytes: ByteSize,
+    /// Audit rows older than this are deleted, except the newest `audit_keep`.
+    pub audit_max_age: Duration,
+    /// The newest audit rows kept whatever their age: the last technician visits stay readable
+    /// on a box nobody touched for years.
+    pub audit_keep: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            metadata_max_age: Duration::from_secs(30 * 86_400),
+            metadata_max_bytes: ByteSize::gib(2),
+            audit_max_age: Duration::from_secs(365 * 86_400),
+            audit_keep: 10_000,
         }
     }
 }

@@ -111,6 +111,36 @@ impl Validator {
         }
     }
 
+    fn retention(&mut self, c: &Config) {
+        let r = &c.retention;
+        if r.metadata_max_age.get().as_secs() < 3600 {
+            self.fail(
+                "retention.metadata_max_age",
+                format!("must be at least 1h, got {}", r.metadata_max_age),
+            );
+        }
+        if r.audit_max_age.get().as_secs() < 86_400 {
+            self.fail(
+                "retention.audit_max_age",
+                format!("must be at least 1d, got {}", r.audit_max_age),
+            );
+        }
+        if r.metadata_max_bytes.bytes() < 1 << 20 {
+            self.fail(
+                "retention.metadata_max_bytes",
+                format!("must be at least 1MiB, got {}", r.metadata_max_bytes),
+            );
+        }
+        if let Some(m) = &c.mqtt {
+            self.range_u64(
+                "mqtt.labels_per_camera".into(),
+                m.labels_per_camera.into(),
+                1,
+                1000,
+            );
+        }
+    }
+
     fn top_level(&mut self, c: &Config) {
         self.id("device_id".into(), &c.device_id);
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&c.log_level) {
@@ -134,6 +164,7 @@ impl Validator {
                 format!("must be at least 1m, got {}", c.outbox.max_age),
             );
         }
+        self.retention(c);
         self.recording("recording.", &c.recording);
         self.sampler("sampler.", &c.sampler);
         for (key, element) in [

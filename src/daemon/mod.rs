@@ -31,6 +31,7 @@ use crate::api::auth::Tokens;
 use crate::api::{self, AppState, SystemInfo, control::ControlListener};
 use crate::config::Config;
 use crate::media::Media;
+use crate::metadata_retention::MetadataRetention;
 use crate::outbox::Outbox;
 use crate::perception::sampler::Samplers;
 use crate::perception::{FrameStore, Perception};
@@ -183,6 +184,11 @@ pub async fn run(
     services.spawn("outbox compaction", {
         let (outbox, token) = (outbox.clone(), shutdown.clone());
         async move { outbox.run_compaction(token).await }
+    });
+    services.spawn("metadata retention", {
+        let pass = MetadataRetention::new(store.clone(), config.retention.clone());
+        let token = shutdown.clone();
+        async move { pass.run(token).await }
     });
     services.spawn("zone engine", {
         let engine = ZoneEngine::new(store.clone(), registry.clone(), outbox.clone());

@@ -163,6 +163,12 @@ pub(crate) fn set_cursor(c: &Connection, consumer: &str, seq: i64) -> rusqlite::
 /// The counter holding the outbox's payload size in bytes, kept by triggers (migration 0008).
 const BYTES: &str = "outbox_bytes";
 
+/// The outbox's payload bytes (the running count of migration 0008): what of the database the
+/// outbox's own bounds answer for.
+pub fn payload_bytes(c: &Connection) -> rusqlite::Result<u64> {
+    Ok(counter(c, BYTES)?.max(0) as u64)
+}
+
 /// Gives `consumer` a durable cursor at 0 if it has none, so compaction keeps its records from
 /// the moment it first exists, even while it is not running; returns its cursor.
 pub(crate) fn claim_cursor(c: &Connection, consumer: &str) -> rusqlite::Result<i64> {

@@ -376,3 +376,21 @@ fn store_batch(
     }
     Ok(true)
 }
+
+/// Deletes up to `limit` batches (their detections go with them, `ON DELETE CASCADE`) whose
+/// time is before `before_ms`: metadata retention by age.
+pub fn prune_older(c: &Connection, before_ms: i64, limit: u64) -> Result<u64, StoreError> {
+    crate::store::prune::older_per_group(
+        c,
+        "detection_batches",
+        "camera_id",
+        "ts_ms",
+        before_ms,
+        limit,
+    )
+}
+
+/// Deletes the `limit` batches stored first, with their detections: the database size cap.
+pub fn prune_oldest(c: &Connection, limit: u64) -> Result<u64, StoreError> {
+    crate::store::prune::first_stored(c, "detection_batches", "1", limit)
+}

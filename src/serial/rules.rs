@@ -287,3 +287,20 @@ impl RulesExecutor {
         }
     }
 }
+
+/// Deletes up to `limit` finished rule actions decided before `before_ms`: metadata retention by
+/// age. A pending action is never deleted: its row is what makes it run exactly once. Rows are
+/// looked at in the order they were decided, so the pass reads what it deletes.
+pub fn prune_older(c: &Connection, before_ms: i64, limit: u64) -> Result<u64, StoreError> {
+    Ok(c.prepare_cached(
+        "DELETE FROM rule_actions WHERE id IN (
+           SELECT id FROM (SELECT id, done_at_ms, created_at_ms FROM rule_actions ORDER BY id LIMIT ?2)
+            WHERE done_at_ms IS NOT NULL AND created_at_ms < ?1)",
+    )?
+    .execute(params![before_ms, limit as i64])? as u64)
+}
+
+/// Deletes the `limit` finished rule actions decided first: the database size cap.
+pub fn prune_oldest(c: &Connection, limit: u64) -> Result<u64, StoreError> {
+    crate::store::prune::first_stored(c, "rule_actions", "done_at_ms IS NOT NULL", limit)
+}

@@ -67,6 +67,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_recordings_marker",
         sql: include_str!("../../migrations/0009_recordings_marker.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_audit_retention",
+        sql: include_str!("../../migrations/0010_audit_retention.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -17,6 +17,7 @@
 mod boots;
 mod check;
 mod migrate;
+pub mod prune;
 mod read;
 mod writer;
 

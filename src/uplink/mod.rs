@@ -137,6 +137,8 @@ impl Uplink {
                     device_id: self.deps.device_id.clone(),
                 }),
                 started: Instant::now(),
+                labels_per_camera: self.config.labels_per_camera as usize,
+                last_live: Default::default(),
             },
             link.clone(),
             nudge.clone(),

@@ -43,6 +43,11 @@ pub struct StateSource {
     pub outbox: Outbox,
     pub discovery: Option<Discovery>,
     pub started: Instant,
+    /// `mqtt.labels_per_camera`: label topics kept per camera.
+    pub labels_per_camera: usize,
+    /// When each camera's label (`<camera>/<label>`) was last live in this process: who keeps a
+    /// place when a camera has seen more labels than it may keep.
+    pub last_live: std::sync::Mutex<HashMap<String, Instant>>,
 }
 
 /// Wakes the state publisher early (a change was applied, Home Assistant came online).
@@ -71,6 +76,30 @@ fn label_level(label: &str) -> bool {
         && label.len() <= 64
         && !label.contains(['/', '+', '#', '\0'])
         && !RESERVED.contains(&label)
+}
+
+/// The labels a camera keeps a topic for, at most `cap`: live ones first (most objects first),
+/// then those published before, most recently live first (never seen live by this process:
+/// last, by name).
+fn kept_labels(
+    live: &BTreeMap<String, u64>,
+    before: Vec<String>,
+    cap: usize,
+    last_live: impl Fn(&str) -> Option<Instant>,
+) -> BTreeSet<String> {
+    let mut by_count: Vec<(&String, &u64)> = live.iter().collect();
+    by_count.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    let mut rest: Vec<String> = before
+        .into_iter()
+        .filter(|l| !live.contains_key(l))
+        .collect();
+    rest.sort_by(|a, b| last_live(b).cmp(&last_live(a)).then_with(|| a.cmp(b)));
+    by_count
+        .into_iter()
+        .map(|(l, _)| l.clone())
+        .chain(rest)
+        .take(cap)
+        .collect()
 }
 
 impl StateSource {
@@ -115,16 +144,27 @@ impl StateSource {
                     if on { b"ON".to_vec() } else { b"OFF".to_vec() },
                 ));
             }
-            // Labels seen now, and labels published before (they go to 0, not away).
+            // Labels seen now, and labels published before (they go to 0, not away), up to the
+            // camera's share; a label that loses its place loses its topic and entity.
             let prefix = format!("{root}/cameras/{id}/");
-            let mut names: BTreeSet<String> = published
+            let before: Vec<String> = published
                 .iter()
                 .filter_map(|t| t.strip_prefix(&prefix))
                 .filter(|rest| !rest.contains('/') && label_level(rest))
                 .map(str::to_string)
                 .collect();
-            let live = labels.get(id).cloned().unwrap_or_default();
-            names.extend(live.keys().filter(|l| label_level(l)).cloned());
+            let mut live = labels.get(id).cloned().unwrap_or_default();
+            live.retain(|l, _| label_level(l));
+            let names = {
+                let mut last_live = self.last_live.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                for label in live.keys() {
+                    last_live.insert(format!("{id}/{label}"), now);
+                }
+                kept_labels(&live, before, self.labels_per_camera, |label| {
+                    last_live.get(&format!("{id}/{label}")).copied()
+                })
+            };
             for label in names {
                 let n = live.get(&label).copied().unwrap_or(0);
                 raw.push((format!("{prefix}{label}"), n.to_string().into_bytes()));
@@ -428,4 +468,31 @@ async fn round(
         *last_stats = Some(Instant::now());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_labels_win_places_then_the_most_recently_live() {
+        let live: BTreeMap<String, u64> = [("person".into(), 1), ("car".into(), 3)].into();
+        let before = vec!["dog".into(), "cat".into(), "bird".into(), "person".into()];
+        let t0 = Instant::now();
+        let seen = |l: &str| match l {
+            "cat" => Some(t0),
+            "dog" => Some(t0 + Duration::from_secs(1)),
+            _ => None,
+        };
+        let kept = |cap| kept_labels(&live, before.clone(), cap, seen);
+        assert_eq!(kept(1), BTreeSet::from(["car".to_string()]));
+        assert_eq!(
+            kept(3),
+            BTreeSet::from(["car", "person", "dog"].map(String::from))
+        );
+        assert_eq!(
+            kept(5),
+            BTreeSet::from(["car", "person", "dog", "cat", "bird"].map(String::from))
+        );
+    }
 }

@@ -318,3 +318,13 @@ fn write_occupancy(
     }
     Ok(())
 }
+
+/// Deletes up to `limit` zone events from before `before_ms`: metadata retention by age.
+pub fn prune_events_older(c: &Connection, before_ms: i64, limit: u64) -> Result<u64, StoreError> {
+    crate::store::prune::older_per_group(c, "zone_events", "camera_id", "ts_ms", before_ms, limit)
+}
+
+/// Deletes the `limit` zone events stored first: the database size cap.
+pub fn prune_oldest_events(c: &Connection, limit: u64) -> Result<u64, StoreError> {
+    crate::store::prune::first_stored(c, "zone_events", "1", limit)
+}

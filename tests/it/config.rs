@@ -23,7 +23,7 @@ fn bad_configs_name_the_key_and_exit_2() {
     let cases: Vec<(String, &str)> = vec![
         (
             "colour = \"red\"".into(),
-            "error: colour: unknown key (expected one of device_id, data_dir, board, log_level, http, control, mqtt, outbox, recording, media, sampler, workers, limits, cameras, tasks, zones, serial, serial_ports, rules)",
+            "error: colour: unknown key (expected one of device_id, data_dir, board, log_level, http, control, mqtt, outbox, retention, recording, media, sampler, workers, limits, cameras, tasks, zones, serial, serial_ports, rules)",
         ),
         (
             format!("{CAM}fps = 5"),
@@ -42,6 +42,14 @@ fn bad_configs_name_the_key_and_exit_2() {
         (
             "[outbox]\nmax_age = 90".into(),
             "error: outbox.max_age: invalid type: integer `90`, expected a duration such as \"90s\", \"15m\" or \"7d\"",
+        ),
+        (
+            "[retention]\nmetadata_max_age = \"10m\"\naudit_max_age = \"2h\"\nmetadata_max_bytes = \"100KiB\"".into(),
+            "error: retention.metadata_max_age: must be at least 1h, got 10m\nerror: retention.audit_max_age: must be at least 1d, got 2h\nerror: retention.metadata_max_bytes: must be at least 1MiB, got 100KiB",
+        ),
+        (
+            "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nlabels_per_camera = 0".into(),
+            "error: mqtt.labels_per_camera: must be 1..1000, got 0",
         ),
         (
             "[recording]\nmax_bytes = \"12 parsecs\"".into(),

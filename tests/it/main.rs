@@ -11,6 +11,7 @@ mod fixtures;
 mod http_limits;
 mod maintenance;
 mod media;
+mod metadata_retention;
 mod mqtt;
 mod mqtt_faults;
 mod perception;
