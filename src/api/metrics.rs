@@ -337,6 +337,15 @@ async fn register_store_and_disk(
         Unit::Bytes,
         db,
     );
+    let usable = Gauge::<i64>::default();
+    usable.set(i64::from(
+        state.media.recordings().state == crate::media::RecordingsState::Ok,
+    ));
+    registry.register(
+        "heldar_recordings_dir_usable",
+        "1 while the recordings dir is this database's and in use; 0 while it is refused (not mounted, missing, foreign) or being checked",
+        usable,
+    );
     if let Some(disk) = state.media.disk() {
         let free = Gauge::<i64>::default();
         free.set(disk.free_bytes as i64);

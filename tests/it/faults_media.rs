@@ -74,6 +74,16 @@ fn assert_kept(d: &Daemon, before: &[(i64, String, bool)], when: &str) {
     assert!(file_lost(d).is_empty(), "{when}: {:?}", file_lost(d));
 }
 
+/// `heldar_recordings_dir_usable` from `/metrics`.
+fn usable_metric(d: &Daemon) -> Option<i64> {
+    let http = crate::perception::Http::new(d);
+    let viewer = crate::perception::token(d, "viewer");
+    let text = String::from_utf8(http.get("/metrics", Some(&viewer)).body).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("heldar_recordings_dir_usable "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[test]
 fn an_unmounted_recordings_disk_leaves_the_index_alone_and_recording_resumes_when_it_returns() {
     let cam = camera();
@@ -104,6 +114,7 @@ fn an_unmounted_recordings_disk_leaves_the_index_alone_and_recording_resumes_whe
         human.contains("UNAVAILABLE") && human.contains(&error),
         "{human}"
     );
+    assert_eq!(usable_metric(&d), Some(0), "/metrics shows the refusal");
     wait_state(&d, "gate", "error", Duration::from_secs(10));
     let last_error = health(&d, "gate").unwrap()["last_error"].clone();
     assert!(
@@ -135,8 +146,16 @@ fn an_unmounted_recordings_disk_leaves_the_index_alone_and_recording_resumes_whe
         (index(&d).len() > before.len()).then_some(())
     })
     .unwrap_or_else(|| panic!("no new segment after the disk came back; log:\n{}", d.log()));
+    assert_eq!(usable_metric(&d), Some(1));
     stop(&mut d);
     assert_kept(&d, &before, "disk back");
+    let check =
+        crate::fixtures::heldar(&["db", "check", "--config", d.config_path().to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "db check after the fault: {}",
+        stderr(&check)
+    );
 
     d.respawn();
     wait_state(&d, "gate", "recording", Duration::from_secs(15));
