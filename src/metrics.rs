@@ -38,6 +38,13 @@ pub struct MetadataDeleted {
     pub reason: &'static str,
 }
 
+/// What kind of storage fault, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreFault {
+    /// `disk_full`, `disk_failed` (I/O error or read-only) or `corrupt`.
+    pub kind: &'static str,
+}
+
 /// The process-wide instruments.
 pub struct Instruments {
     pub ingest_requests: Family<IngestOutcome, Counter>,
@@ -48,6 +55,7 @@ pub struct Instruments {
     pub mqtt_publish_seconds: Histogram,
     pub consumer_failures: Family<ConsumerFailure, Counter>,
     pub metadata_deletes: Family<MetadataDeleted, Counter>,
+    pub store_faults: Family<StoreFault, Counter>,
 }
 
 /// Latency buckets from 0.5 ms to about 8 s: commits on flash take milliseconds, a stalled
@@ -65,6 +73,7 @@ pub static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     mqtt_publish_seconds: Histogram::new(latency_buckets()),
     consumer_failures: Family::default(),
     metadata_deletes: Family::default(),
+    store_faults: Family::default(),
 });
 
 impl Instruments {
@@ -94,6 +103,10 @@ impl Instruments {
             .inc_by(rows);
     }
 
+    pub fn store_fault(&self, kind: &'static str) {
+        self.store_faults.get_or_create(&StoreFault { kind }).inc();
+    }
+
     /// Adds the instruments to a scrape's registry. The metrics are shared handles, so the
     /// scrape reads the live values.
     pub fn register(&self, registry: &mut Registry) {
@@ -101,6 +114,11 @@ impl Instruments {
             "heldar_consumer_failures",
             "Failed attempts of a local outbox consumer, by cause",
             self.consumer_failures.clone(),
+        );
+        registry.register(
+            "heldar_store_faults",
+            "Database errors caused by the disk or the file: full, failed or read-only, corrupt",
+            self.store_faults.clone(),
         );
         registry.register(
             "heldar_metadata_deleted",

@@ -28,9 +28,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match e {
             // Retryable: the client should come back (workers retry 5xx with the same body).
-            StoreError::Busy | StoreError::Closed | StoreError::TransactionLost => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            StoreError::Busy
+            | StoreError::Closed
+            | StoreError::TransactionLost
+            | StoreError::DiskFailed(_) => StatusCode::SERVICE_UNAVAILABLE,
             StoreError::DiskFull => StatusCode::INSUFFICIENT_STORAGE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

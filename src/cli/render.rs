@@ -52,6 +52,18 @@ pub fn status(s: &SystemStatus) -> String {
         st.largest_group,
         st.last_commit_us as f64 / 1000.0
     );
+    if let Some(f) = &st.last_fault {
+        let ongoing = st.last_commit_at_ms.is_none_or(|c| c < f.at_ms);
+        let _ = writeln!(
+            out,
+            "{:<10} {} at {}{}: {}",
+            "storage",
+            f.kind,
+            time(f.at_ms),
+            if ongoing { ", no commit since" } else { "" },
+            f.error
+        );
+    }
     let _ = writeln!(out, "{:<10} http://{}/", "http", s.http_listen);
     let _ = writeln!(out, "{:<10} {}", "gstreamer", s.gstreamer);
     for h in &s.cameras {

@@ -16,6 +16,7 @@
 
 mod boots;
 mod check;
+pub mod fault;
 mod migrate;
 pub mod prune;
 mod read;
@@ -59,6 +60,10 @@ pub enum StoreError {
     Closed,
     #[error("disk full: the database cannot grow (free space or lower retention)")]
     DiskFull,
+    #[error(
+        "the data disk failed or turned read-only ({0}): nothing was written; see `dmesg`, repair the filesystem (e2fsck) and restart heldar"
+    )]
+    DiskFailed(Arc<rusqlite::Error>),
     #[error("database is corrupt ({0}): stop heldar and run `heldar db check`")]
     Corrupt(Arc<rusqlite::Error>),
     #[error("the transaction was lost (disk or I/O error); nothing in it was written")]
@@ -76,19 +81,38 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        match e.sqlite_error_code() {
+        let err = match e.sqlite_error_code() {
             Some(ErrorCode::DiskFull) => StoreError::DiskFull,
+            // EIO or EROFS from the kernel: ext4 `errors=remount-ro` after a media error.
+            Some(ErrorCode::SystemIoFailure | ErrorCode::ReadOnly) => {
+                StoreError::DiskFailed(Arc::new(e))
+            }
             Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => {
                 StoreError::Corrupt(Arc::new(e))
             }
             // Another process holds the write lock past the busy timeout.
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy,
             _ => StoreError::Sqlite(Arc::new(e)),
+        };
+        if let Some(kind) = err.fault_kind() {
+            fault::record(kind, &err);
         }
+        err
     }
 }
 
 impl StoreError {
+    /// The fault of the disk or the file behind the error, if it is one (`heldar status`, and
+    /// `heldar_store_faults_total{kind}`).
+    pub fn fault_kind(&self) -> Option<&'static str> {
+        match self {
+            StoreError::DiskFull => Some("disk_full"),
+            StoreError::DiskFailed(_) => Some("disk_failed"),
+            StoreError::Corrupt(_) => Some("corrupt"),
+            _ => None,
+        }
+    }
+
     fn io(context: impl Into<String>, source: std::io::Error) -> Self {
         StoreError::Io {
             context: context.into(),
@@ -123,6 +147,12 @@ pub struct StoreStatus {
     pub writes_failed: u64,
     pub largest_group: u64,
     pub last_commit_us: u64,
+    /// When the last group commit succeeded: a fault after it is still going on.
+    #[serde(default)]
+    pub last_commit_at_ms: Option<i64>,
+    /// The last fault of the disk or the database file this process saw.
+    #[serde(default)]
+    pub last_fault: Option<fault::Fault>,
 }
 
 /// The database file inside a data directory.
@@ -209,6 +239,8 @@ impl Store {
             writes_failed: s.jobs_failed.load(Relaxed),
             largest_group: s.largest_group.load(Relaxed),
             last_commit_us: s.last_commit_us.load(Relaxed),
+            last_commit_at_ms: Some(s.last_commit_at_ms.load(Relaxed)).filter(|t| *t > 0),
+            last_fault: fault::last(),
         })
     }
 

@@ -53,6 +53,8 @@ pub struct WriterStats {
     pub largest_group: AtomicU64,
     /// Duration of the most recent COMMIT, in microseconds (mostly fsync).
     pub last_commit_us: AtomicU64,
+    /// When the most recent COMMIT returned, Unix ms (0: none yet).
+    pub last_commit_at_ms: std::sync::atomic::AtomicI64,
 }
 
 /// A unit of work for the writer, type-erased so one queue carries every caller's closure.
@@ -284,6 +286,9 @@ fn group(
                     .store(took.as_micros() as u64, Ordering::Relaxed);
                 INSTRUMENTS.store_commit_seconds.observe(took.as_secs_f64());
                 stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .last_commit_at_ms
+                    .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
                 stats
                     .jobs_committed
                     .fetch_add(in_tx.len() as u64, Ordering::Relaxed);

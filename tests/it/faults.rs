@@ -14,7 +14,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::fixtures::{Daemon, Tmpfs, wait_for};
+use crate::fixtures::{Daemon, Tmpfs, stdout, wait_for};
 use crate::mqtt::{
     Broker, BrokerSetup, Sub, daemon_with_broker, db, events, outbox, post_batches,
     wait_all_delivered,
@@ -232,4 +232,106 @@ async fn a_consumer_failing_on_a_full_disk_is_retried_not_skipped() {
     stop.cancel();
     task.await.unwrap();
     store.close().await;
+}
+
+fn post_one(http: &Http, worker: &str, frame: &str) -> (u16, String) {
+    let body = json!({
+        "camera_id": "gate",
+        "task_type": "detect",
+        "frame_id": frame,
+        "detections": [{"label": "person", "confidence": 0.9, "bbox": [0.1, 0.1, 0.2, 0.2]}],
+    });
+    let a = http.post("/api/v1/ai/events", Some(worker), &body);
+    (a.status, String::from_utf8_lossy(&a.body).into_owned())
+}
+
+/// The data partition turning read-only under the daemon (ext4 `errors=remount-ro` after a
+/// media error): posts are refused with an error that says so, nothing refused is half-stored,
+/// the fault shows in `heldar status`, and after the technician's e2fsck every acknowledged
+/// batch is there and the database checks clean.
+#[test]
+fn a_data_disk_turning_read_only_refuses_posts_plainly_and_loses_nothing_acknowledged() {
+    let (d, mut disk) = Daemon::start_on_ext4(
+        "[recording]\nmin_free = \"0\"\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/none\"\nrecord = false\n",
+        "64M",
+    );
+    let mut d = d.ready();
+    let http = Http::new(&d);
+    let worker = token(&d, "worker");
+    let viewer = token(&d, "viewer");
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let frame = format!("before-{i}");
+        let (status, body) = post_one(&http, &worker, &frame);
+        assert_eq!(status / 100, 2, "{body}");
+        acked.push(frame);
+    }
+    disk.fail();
+    let mut refused = 0;
+    for i in 0..10 {
+        let frame = format!("during-{i}");
+        let (status, body) = post_one(&http, &worker, &frame);
+        if status / 100 == 2 {
+            acked.push(frame);
+        } else {
+            refused += 1;
+            assert_eq!(status, 503, "retryable: {body}");
+            assert!(body.contains("read-only"), "says what is wrong: {body}");
+        }
+    }
+    assert!(refused > 0, "a read-only disk refused nothing");
+    let status = d.cli(&["status"]);
+    let text = stdout(&status);
+    assert!(
+        text.lines().any(|l| l.starts_with("storage")
+            && l.contains("disk_failed")
+            && l.contains("no commit since")),
+        "heldar status shows the fault:\n{text}"
+    );
+    let metrics = String::from_utf8(http.get("/metrics", Some(&viewer)).body).unwrap();
+    assert!(
+        metrics.contains("heldar_store_faults_total{kind=\"disk_failed\"}"),
+        "/metrics counts the fault"
+    );
+    // It cannot record a clean stop on a read-only disk, but it must stop.
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).is_some(), "stops");
+    disk.repair();
+    d.respawn();
+    let c = db(&d);
+    for f in &acked {
+        let n: i64 = c
+            .query_row(
+                "SELECT COUNT(*) FROM detection_batches WHERE frame_id = ?1",
+                [f],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(n, 1, "acknowledged batch {f}");
+    }
+    let half: i64 = c
+        .query_row(
+            "SELECT COUNT(*) FROM detection_batches WHERE frame_id LIKE 'during-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        half as usize,
+        acked.len() - 20,
+        "a refused batch was stored anyway"
+    );
+    // Posting works again, and the database checks clean.
+    let (status, body) = post_one(&Http::new(&d), &worker, "after");
+    assert_eq!(status / 100, 2, "{body}");
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(20)).is_some());
+    let check =
+        crate::fixtures::heldar(&["db", "check", "--config", d.config_path().to_str().unwrap()]);
+    assert!(
+        check.status.success(),
+        "db check: {}{}",
+        stdout(&check),
+        crate::fixtures::stderr(&check)
+    );
 }

@@ -99,7 +99,6 @@ impl Daemon {
         d
     }
 
-    /// Like [`Daemon::start`], with the daemon's descriptor limit set to `nofile`.
     /// Like [`Daemon::start`], with the data directory on a tmpfs of `size` (a disk that can
     /// really fill up). The daemon is stopped before the tmpfs goes: keep the `Tmpfs` after it.
     pub fn start_on_tmpfs(extra: &str, size: &str) -> (Daemon, Tmpfs) {
@@ -109,6 +108,16 @@ impl Daemon {
         (d, disk)
     }
 
+    /// Like [`Daemon::start`], with the data directory on a loop-mounted ext4 image of `size`
+    /// mounted `errors=remount-ro`, as a box's data partition is. Keep the `Ext4` after it.
+    pub fn start_on_ext4(extra: &str, size: &str) -> (Daemon, Ext4) {
+        let mut d = Self::prepare(extra, "root");
+        let disk = Ext4::mount_at(&d.dir.path().join("data"), size);
+        d.spawn(&[]);
+        (d, disk)
+    }
+
+    /// Like [`Daemon::start`], with the daemon's descriptor limit set to `nofile`.
     pub fn start_with_nofile(extra: &str, nofile: u64) -> Daemon {
         let mut d = Self::prepare(extra, "root");
         d.nofile = Some(nofile);
@@ -355,4 +364,83 @@ impl Drop for Tmpfs {
         }
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
+}
+
+/// An ext4 filesystem in a sparse image file, loop-mounted for one test; unmounted on drop.
+/// Its kernel's `trigger_fs_error` knob makes it fail as a worn eMMC does: ext4 records an
+/// error and, mounted `errors=remount-ro`, turns read-only under its writers.
+pub struct Ext4 {
+    image: tempfile::TempDir,
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl Ext4 {
+    pub fn mount_at(path: &Path, size: &str) -> Ext4 {
+        let image = tempfile::tempdir().unwrap();
+        let file = image.path().join("disk.img");
+        run(Command::new("truncate").args(["-s", size]).arg(&file));
+        run(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&file));
+        std::fs::create_dir_all(path).unwrap();
+        let mut disk = Ext4 {
+            image,
+            path: path.to_path_buf(),
+            mounted: false,
+        };
+        disk.mount();
+        disk
+    }
+
+    fn mount(&mut self) {
+        run(Command::new("mount")
+            .args(["-o", "loop,errors=remount-ro"])
+            .arg(self.image.path().join("disk.img"))
+            .arg(&self.path));
+        self.mounted = true;
+    }
+
+    /// What ext4 does on a media error: the filesystem turns read-only under open files.
+    pub fn fail(&self) {
+        let source = run(Command::new("findmnt")
+            .args(["-n", "-o", "SOURCE"])
+            .arg(&self.path));
+        let device = Path::new(source.trim()).file_name().unwrap().to_owned();
+        let knob = Path::new("/sys/fs/ext4")
+            .join(device)
+            .join("trigger_fs_error");
+        std::fs::write(&knob, "heldar fault test").unwrap();
+    }
+
+    /// What a technician does after: unmount, `e2fsck -fy`, mount again.
+    pub fn repair(&mut self) {
+        run(Command::new("umount").arg(&self.path));
+        self.mounted = false;
+        let out = Command::new("e2fsck")
+            .args(["-f", "-y"])
+            .arg(self.image.path().join("disk.img"))
+            .output()
+            .unwrap();
+        // 0: clean, 1: errors corrected.
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "e2fsck: {}",
+            stderr(&out)
+        );
+        self.mount();
+    }
+}
+
+impl Drop for Ext4 {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = Command::new("umount").arg("-l").arg(&self.path).output();
+        }
+    }
+}
+
+/// Runs a setup command, panicking with its error output if it fails; returns its stdout.
+fn run(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert!(out.status.success(), "{c:?}: {}", stderr(&out));
+    stdout(&out)
 }
