@@ -8,9 +8,10 @@ APT_PACKAGES := build-essential pkg-config \
 	mosquitto mosquitto-clients socat openssl
 # Only the tests need these: a real browser for the maintenance page, the reference
 # OpenMetrics parser for /metrics, systemd-analyze for the units, and an independent Modbus RTU
-# slave (pymodbus) for the serial tests.
+# slave (pymodbus) for the serial tests; mkfs.ext4/e2fsck and mount/losetup/findmnt for the
+# data disk that turns read-only.
 TEST_PACKAGES := chromium fonts-dejavu-core python3 python3-prometheus-client systemd \
-	python3-pymodbus python3-serial python3-serial-asyncio
+	python3-pymodbus python3-serial python3-serial-asyncio e2fsprogs mount util-linux
 
 CARGO ?= cargo
 
