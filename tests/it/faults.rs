@@ -72,6 +72,7 @@ fn compaction_at_start_keeps_records_the_uplink_has_not_acknowledged() {
         "records compacted away before the uplink had them: {lost:?}"
     );
     assert_eq!(outbox_status(&d)["dropped"], 0, "nothing dropped by bounds");
+    d.stop_and_check_db();
 }
 
 /// Item 10: the outbox's size is kept as a running count of payload bytes (not characters, and
@@ -324,14 +325,5 @@ fn a_data_disk_turning_read_only_refuses_posts_plainly_and_loses_nothing_acknowl
     // Posting works again, and the database checks clean.
     let (status, body) = post_one(&Http::new(&d), &worker, "after");
     assert_eq!(status / 100, 2, "{body}");
-    d.signal(Signal::SIGTERM);
-    assert!(d.wait_exit(Duration::from_secs(20)).is_some());
-    let check =
-        crate::fixtures::heldar(&["db", "check", "--config", d.config_path().to_str().unwrap()]);
-    assert!(
-        check.status.success(),
-        "db check: {}{}",
-        stdout(&check),
-        crate::fixtures::stderr(&check)
-    );
+    d.stop_and_check_db();
 }

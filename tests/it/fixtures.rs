@@ -255,6 +255,28 @@ impl Daemon {
         status
     }
 
+    /// Stops the daemon (SIGTERM) and runs `heldar db check` on its database: what every fault
+    /// test ends with, so a fault that left the file damaged fails the test that caused it.
+    pub fn stop_and_check_db(&mut self) {
+        self.signal(Signal::SIGTERM);
+        assert!(
+            self.wait_exit(Duration::from_secs(20)).is_some(),
+            "the daemon did not stop"
+        );
+        let check = heldar(&[
+            "db",
+            "check",
+            "--config",
+            self.config_path().to_str().unwrap(),
+        ]);
+        assert!(
+            check.status.success(),
+            "heldar db check after the fault: {}{}",
+            stdout(&check),
+            stderr(&check)
+        );
+    }
+
     /// `heldar --socket <this daemon's socket> args...`
     pub fn cli(&self, args: &[&str]) -> Output {
         heldar_command()

@@ -272,7 +272,7 @@ fn a_withheld_puback_and_a_cut_connection_do_not_wedge_the_uplink() {
     });
     let sub = Sub::start(broker.port, "counter", &["heldar/test/events/#"], true);
     let proxy = Proxy::start(broker.port);
-    let d = daemon_with_broker(&format!("url = \"mqtt://127.0.0.1:{}\"", proxy.port));
+    let mut d = daemon_with_broker(&format!("url = \"mqtt://127.0.0.1:{}\"", proxy.port));
     let http = Http::new(&d);
     let worker = token(&d, "worker");
     // A backlog of several windows, queued while the broker is unreachable.
@@ -336,4 +336,5 @@ fn a_withheld_puback_and_a_cut_connection_do_not_wedge_the_uplink() {
         order.windows(2).all(|w| w[0] < w[1]),
         "every record first arrives in seq order: {order:?}"
     );
+    d.stop_and_check_db();
 }

@@ -730,7 +730,7 @@ fn an_alarm_edge_seen_while_the_disk_is_full_is_stored_once_there_is_room() {
     let pty = PtyPair::start(dir.path());
     let mut slave = Slave::start(&pty.b, 4, 4);
     let (d, disk) = Daemon::start_on_tmpfs(&io_toml(&pty.a, ""), "32m");
-    let d = d.ready();
+    let mut d = d.ready();
     wait_for(Duration::from_secs(20), || {
         (io_status(&d)["io"]["inputs"][0]["active"] == false).then_some(())
     })
@@ -754,6 +754,6 @@ fn an_alarm_edge_seen_while_the_disk_is_full_is_stored_once_there_is_room() {
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0]["payload"]["input"], 1);
     assert_eq!(records[0]["payload"]["state"], "on");
-    drop(d);
+    d.stop_and_check_db();
     drop(disk);
 }
