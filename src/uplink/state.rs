@@ -161,9 +161,17 @@ impl StateSource {
                 for label in live.keys() {
                     last_live.insert(format!("{id}/{label}"), now);
                 }
-                kept_labels(&live, before, self.labels_per_camera, |label| {
+                let kept = kept_labels(&live, before, self.labels_per_camera, |label| {
                     last_live.get(&format!("{id}/{label}")).copied()
-                })
+                });
+                // Only kept labels' recency is ever asked again: an open vocabulary must not
+                // grow this map either.
+                let own = format!("{id}/");
+                last_live.retain(|key, _| {
+                    key.strip_prefix(&own)
+                        .is_none_or(|label| kept.contains(label))
+                });
+                kept
             };
             for label in names {
                 let n = live.get(&label).copied().unwrap_or(0);

@@ -23,6 +23,16 @@ fn count(c: &Connection, sql: &str) -> i64 {
     c.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
+/// The first column of every row `sql` returns.
+fn strings(c: &Connection, sql: &str) -> Vec<String> {
+    c.prepare(sql)
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 fn insert_batch(c: &Connection, camera: &str, frame: &str, ts_ms: i64, detections: usize) {
     c.execute(
         "INSERT INTO detection_batches (camera_id, frame_id, task_type, credential, ts_ms, ticketed, outbox_seq)
@@ -154,13 +164,10 @@ fn metadata_past_its_age_is_deleted_and_the_newest_audit_rows_stay() {
     assert_eq!(count(&c, "SELECT COUNT(*) FROM zone_events"), 10);
     assert_eq!(count(&c, "SELECT COUNT(*) FROM rule_actions"), 1);
     // audit_keep = 30: the 10 recent rows and the 20 newest old ones.
-    let old_left: Vec<String> = c
-        .prepare("SELECT action FROM audit WHERE action LIKE 'old %' ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let old_left = strings(
+        &c,
+        "SELECT action FROM audit WHERE action LIKE 'old %' ORDER BY id",
+    );
     let want: Vec<String> = (30..50).map(|i| format!("old {i}")).collect();
     assert_eq!(old_left, want);
     assert_eq!(
@@ -237,13 +244,7 @@ fn the_metadata_cap_deletes_the_oldest_detections_first_while_ingest_goes_on() {
         used_bytes(&c),
         d.log()
     );
-    let kept: Vec<String> = c
-        .prepare("SELECT frame_id FROM detection_batches ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let kept = strings(&c, "SELECT frame_id FROM detection_batches ORDER BY id");
     assert!(
         !kept.is_empty() && kept.len() < posts,
         "kept {} of {posts} batches",
