@@ -15,14 +15,17 @@
 //! - [`worker`]: the reference motion worker (`heldar worker motion`);
 //! - [`metrics`]: counters and histograms filled by the hot paths, read by `/metrics`;
 //! - [`audit`]: the append-only record of every change and who asked for it;
+//! - [`auth`]: roles, the caller of a request and the token store;
 //! - [`metadata_retention`]: the age and size bounds on detections, zone events, rule actions
 //!   and audit rows;
+//! - [`recent_logs`]: the in-memory ring of recent warnings the page shows;
 //! - [`api`]: the loopback HTTP listener and the CLI's Unix control socket;
 //! - [`daemon`]: the composition root that builds and stops every service;
 //! - [`cli`]: the `heldar` command.
 
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -31,6 +34,7 @@ pub mod metadata_retention;
 pub mod metrics;
 pub mod outbox;
 pub mod perception;
+pub mod recent_logs;
 pub mod registry;
 pub mod serial;
 pub mod store;

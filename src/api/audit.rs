@@ -19,10 +19,10 @@ use axum::response::Response;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::auth::{Principal, Role};
 use super::control::Peer;
 use super::{ApiError, AppState};
 use crate::audit::{self, AuditEntry};
+use crate::auth::{Principal, Role};
 
 /// Error bodies longer than this are not kept in the audit row (ours are a line).
 const MAX_ERROR_BODY: usize = 64 * 1024;

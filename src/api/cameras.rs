@@ -9,8 +9,8 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{Principal, Role};
 use super::{ApiError, AppState, json_body, raw_body};
+use crate::auth::{Principal, Role};
 
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 const OPERATE: &[Role] = &[Role::Operator];

@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::auth::{Principal, Role};
 use super::{ApiError, AppState, json_body};
+use crate::auth::{Principal, Role};
 use crate::config::rules::RelayOp;
 use crate::config::units::Duration;
 use crate::serial::{PtzCommand, SerialError, SerialStatus};

@@ -16,8 +16,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::auth::{Principal, Role};
 use super::{ApiError, AppState};
+use crate::auth::{Principal, Role};
 use crate::config::model::StreamProfile;
 use crate::media::CameraState;
 use crate::metrics::INSTRUMENTS;

@@ -53,12 +53,13 @@ pub struct AppState {
     pub media: Media,
     pub perception: Perception,
     pub outbox: Outbox,
-    pub tokens: auth::Tokens,
+    pub tokens: crate::auth::Tokens,
     pub system: Arc<SystemInfo>,
     /// Absent when `[mqtt]` is not configured.
     pub uplink: Option<UplinkHandle>,
     pub serial: Serial,
     pub anonymous_audit: audit::AnonymousLimit,
+    pub recent_logs: crate::recent_logs::RecentLogs,
 }
 
 /// Bodies of JSON requests other than worker posts: far above any camera or zone definition,

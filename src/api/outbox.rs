@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
-use super::auth::{NewToken, Principal, Role, TokenInfo};
 use super::{ApiError, AppState, json_body};
+use crate::auth::{NewToken, Principal, Role, TokenInfo};
 use crate::outbox::{self, OutboxStatus, Record};
 use crate::store::StoreError;
 

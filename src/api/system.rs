@@ -9,15 +9,15 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{Principal, Role};
 use super::{ApiError, AppState};
+use crate::auth::{Principal, Role};
 
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
-use crate::daemon::logging::LogLine;
 use crate::media::retention::DiskUsage;
 use crate::media::{CameraHealth, CameraState, RecordingsStatus};
 use crate::outbox::OutboxStatus;
 use crate::perception::sampler::SamplerStatus;
+use crate::recent_logs::LogLine;
 use crate::serial::PortStatus;
 use crate::store::{Boot, BootHistory, StoreError, StoreStatus};
 use crate::uplink::UplinkStatus;
@@ -92,10 +92,11 @@ pub(super) async fn status(
 
 /// `GET /api/v1/logs`: the daemon's recent warnings and errors, oldest first.
 pub(super) async fn logs(
+    State(state): State<AppState>,
     Extension(who): Extension<Principal>,
 ) -> Result<Json<Vec<LogLine>>, ApiError> {
     who.require(VIEW)?;
-    Ok(Json(crate::daemon::logging::recent()))
+    Ok(Json(state.recent_logs.lines()))
 }
 
 /// Alive: the runtime answers.

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use std::time::Instant;
 
-use super::auth::{Principal, Role};
 use super::{ApiError, AppState, json_body};
+use crate::auth::{Principal, Role};
 use crate::config::model::StreamProfile;
 use crate::metrics::INSTRUMENTS;
 use crate::perception::{

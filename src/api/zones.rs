@@ -8,8 +8,8 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::auth::{Principal, Role};
 use super::{ApiError, AppState, raw_body};
+use crate::auth::{Principal, Role};
 use crate::config::model::ZoneConfig;
 use crate::registry::{RegistryError, StoredZone, requests};
 use crate::store::StoreError;

@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::client::Client;
 use super::{CliError, load_config, render, runtime};
-use crate::api::auth::{NewToken, Role};
+use crate::auth::{NewToken, Role};
 use crate::daemon;
 use crate::media::synthetic::{SyntheticCamera, SyntheticSpec};
 use crate::outbox::Record;

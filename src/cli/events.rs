@@ -8,8 +8,8 @@ use hyper::Method;
 
 use super::client::Client;
 use super::{CliError, render, runtime};
-use crate::api::auth::{NewToken, Role, TokenInfo};
 use crate::audit::AuditEntry;
+use crate::auth::{NewToken, Role, TokenInfo};
 use crate::outbox::{OutboxStatus, Record};
 
 #[derive(Debug, Subcommand)]

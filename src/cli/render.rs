@@ -438,7 +438,7 @@ pub fn stream_test(t: &crate::media::StreamTest) -> String {
     )
 }
 
-pub fn tokens(tokens: &[crate::api::auth::TokenInfo]) -> String {
+pub fn tokens(tokens: &[crate::auth::TokenInfo]) -> String {
     let mut out = format!(
         "{:<10} {:<9} {:<24} {:<20} {}\n",
         "ID", "ROLE", "NAME", "CREATED", "STATE"

@@ -27,8 +27,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::auth::Tokens;
 use crate::api::{self, AppState, SystemInfo, control::ControlListener};
+use crate::auth::Tokens;
 use crate::config::Config;
 use crate::media::Media;
 use crate::metadata_retention::MetadataRetention;
@@ -153,6 +153,7 @@ pub async fn run(
         uplink: uplink.as_ref().map(Uplink::handle),
         serial: serial.clone(),
         anonymous_audit: Default::default(),
+        recent_logs: crate::recent_logs::RecentLogs::process(),
     };
 
     let shutdown = CancellationToken::new();

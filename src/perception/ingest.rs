@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{Perception, PerceptionError, leases, tickets};
-use crate::api::auth::Principal;
+use crate::auth::Principal;
 use crate::config::is_task_type;
 use crate::outbox::{self, Kind, NewRecord};
 use crate::store::StoreError;

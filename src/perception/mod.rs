@@ -20,7 +20,7 @@ use rand::RngCore;
 use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
-use crate::api::auth::Principal;
+use crate::auth::Principal;
 use crate::config::model::StreamProfile;
 use crate::outbox::Outbox;
 use crate::registry::{Registry, RegistryError, Task};
