@@ -1,6 +1,6 @@
 //! Heldar Edge: the Heldar kernel rebuilt as one daemon for an NVR box.
 //!
-//! The map of the crate is `DESIGN.md` (data flow, code map, invariants); each module's own doc
+//! The map of the crate is `docs/architecture.md` (data flow, code map, invariants); each module's own doc
 //! says what it owns and the rules its callers keep. In short:
 //!
 //! - [`config`]: `heldar.toml` over a board profile, validated with errors that name the key;

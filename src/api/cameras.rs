@@ -17,23 +17,9 @@ const OPERATE: &[Role] = &[Role::Operator];
 const ADMIN: &[Role] = &[];
 use crate::media::clip::ClipReport;
 use crate::media::index::{self, Gap, Range, Segment};
-use crate::media::{CameraHealth, MediaError, StreamTest, url};
+use crate::media::{CameraHealth, StreamTest, url};
 use crate::registry::{Camera, RegistryError, Source, requests};
 use crate::store::StoreError;
-
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        match e {
-            RegistryError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
-            RegistryError::FileOwned(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
-            RegistryError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
-            RegistryError::Store(s) => s.into(),
-            RegistryError::Internal(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-            }
-        }
-    }
-}
 
 /// A camera as the API shows it: settings without secrets, toggles, and health.
 #[derive(Debug, Serialize, Deserialize)]
@@ -249,17 +235,6 @@ fn check_id(id: &str) -> Result<(), ApiError> {
             StatusCode::BAD_REQUEST,
             format!("{id:?} is not a valid camera id"),
         ))
-    }
-}
-
-impl From<MediaError> for ApiError {
-    fn from(e: MediaError) -> Self {
-        match e {
-            MediaError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
-            MediaError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
-            MediaError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
-            MediaError::Store(s) => s.into(),
-        }
     }
 }
 

@@ -7,6 +7,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::Forbidden;
+use crate::media::MediaError;
+use crate::perception::PerceptionError;
+use crate::registry::RegistryError;
+use crate::serial::SerialError;
 use crate::store::StoreError;
 
 /// An error answer: `{"error": message}` with a status code.
@@ -43,6 +47,61 @@ impl From<StoreError> for ApiError {
 impl From<Forbidden> for ApiError {
     fn from(e: Forbidden) -> Self {
         ApiError::new(StatusCode::FORBIDDEN, e.to_string())
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Invalid(_) => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            RegistryError::FileOwned(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            RegistryError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            RegistryError::Store(s) => s.into(),
+            RegistryError::Internal(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
+        }
+    }
+}
+
+impl From<MediaError> for ApiError {
+    fn from(e: MediaError) -> Self {
+        match e {
+            MediaError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+            MediaError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            MediaError::Failed(m) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, m),
+            MediaError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<SerialError> for ApiError {
+    fn from(e: SerialError) -> Self {
+        let status = match e {
+            SerialError::Store(e) => return ApiError::from(e),
+            SerialError::NotConfigured(_) | SerialError::UnknownCamera(_) => StatusCode::NOT_FOUND,
+            SerialError::NoSuchRelay { .. }
+            | SerialError::NoPtz(_)
+            | SerialError::BadCommand(_) => StatusCode::BAD_REQUEST,
+            SerialError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            SerialError::Device(_) => StatusCode::BAD_GATEWAY,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl From<PerceptionError> for ApiError {
+    fn from(e: PerceptionError) -> Self {
+        let status = match &e {
+            PerceptionError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            PerceptionError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            PerceptionError::Forbidden(_) => StatusCode::FORBIDDEN,
+            PerceptionError::NotFound(_) => StatusCode::NOT_FOUND,
+            PerceptionError::Conflict(_) => StatusCode::CONFLICT,
+            PerceptionError::Store(s) => return s.clone().into(),
+            PerceptionError::Jpeg(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.to_string())
     }
 }
 

@@ -12,25 +12,10 @@ use super::{ApiError, AppState, json_body};
 use crate::auth::{Principal, Role};
 use crate::config::rules::RelayOp;
 use crate::config::units::Duration;
-use crate::serial::{PtzCommand, SerialError, SerialStatus};
+use crate::serial::{PtzCommand, SerialStatus};
 
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 const OPERATE: &[Role] = &[Role::Operator];
-
-impl From<SerialError> for ApiError {
-    fn from(e: SerialError) -> Self {
-        let status = match e {
-            SerialError::Store(e) => return ApiError::from(e),
-            SerialError::NotConfigured(_) | SerialError::UnknownCamera(_) => StatusCode::NOT_FOUND,
-            SerialError::NoSuchRelay { .. }
-            | SerialError::NoPtz(_)
-            | SerialError::BadCommand(_) => StatusCode::BAD_REQUEST,
-            SerialError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            SerialError::Device(_) => StatusCode::BAD_GATEWAY,
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
 
 pub(super) async fn status(
     State(state): State<AppState>,

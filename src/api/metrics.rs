@@ -20,6 +20,7 @@ use super::{ApiError, AppState};
 use crate::auth::{Principal, Role};
 use crate::config::model::StreamProfile;
 use crate::media::CameraState;
+use crate::media::index;
 use crate::metrics::INSTRUMENTS;
 use crate::store::StoreError;
 
@@ -50,14 +51,6 @@ struct ConsumerLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabel {
     version: &'static str,
-}
-
-/// Recorded footage per camera, as the index says.
-struct Footage {
-    camera: String,
-    segments: i64,
-    bytes: i64,
-    gaps: i64,
 }
 
 pub(super) async fn scrape(
@@ -153,25 +146,7 @@ async fn register_cameras(registry: &mut Registry, state: &AppState) -> Result<(
 
     let footage = state
         .store
-        .read(|c| {
-            let mut stmt = c.prepare(
-                "SELECT camera_id, SUM(n), SUM(bytes), SUM(gaps) FROM (
-                     SELECT camera_id, COUNT(*) AS n, SUM(bytes) AS bytes, 0 AS gaps
-                       FROM segments GROUP BY camera_id
-                     UNION ALL
-                     SELECT camera_id, 0, 0, COUNT(*) FROM gaps GROUP BY camera_id)
-                 GROUP BY camera_id ORDER BY camera_id",
-            )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(Footage {
-                    camera: r.get(0)?,
-                    segments: r.get(1)?,
-                    bytes: r.get(2)?,
-                    gaps: r.get(3)?,
-                })
-            })?;
-            Ok::<_, StoreError>(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        .read(|c| Ok::<_, StoreError>(index::footage(c)?))
         .await?;
     let segments = Family::<CameraLabel, Gauge>::default();
     let bytes = Family::<CameraLabel, Gauge>::default();

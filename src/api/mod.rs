@@ -34,8 +34,6 @@ pub use cameras::{CameraView, ClipAnswer, Timeline};
 pub use error::ApiError;
 use error::{json_body, raw_body};
 pub use system::{SystemInfo, SystemStatus};
-pub use worker::DetectionRow;
-pub use zones::{OccupancyRow, ZoneEventRow};
 
 use crate::media::Media;
 use crate::outbox::Outbox;

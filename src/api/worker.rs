@@ -1,4 +1,4 @@
-//! The worker contract over HTTP (`../shared/spec/worker-contract.md`): leases, the legacy task
+//! The worker contract over HTTP (`docs/worker-api.md`): leases, the legacy task
 //! list, frames with tickets, ingest, and the 404s that tell upstream workers a feature is absent.
 
 use axum::Extension;
@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use std::time::Instant;
 
@@ -17,27 +17,12 @@ use super::{ApiError, AppState, json_body};
 use crate::auth::{Principal, Role};
 use crate::config::model::StreamProfile;
 use crate::metrics::INSTRUMENTS;
-use crate::perception::{
-    IngestAnswer, IngestBody, LeaseAnswer, LeaseBody, PerceptionError, WorkerTask,
-};
+use crate::perception::detections::{self, DetectionFilter, DetectionRow};
+use crate::perception::{IngestAnswer, IngestBody, LeaseAnswer, LeaseBody, WorkerTask};
 use crate::store::StoreError;
 
 /// Largest ingest body.
 pub const MAX_INGEST_BODY: usize = 8 << 20;
-
-impl From<PerceptionError> for ApiError {
-    fn from(e: PerceptionError) -> Self {
-        let status = match &e {
-            PerceptionError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            PerceptionError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            PerceptionError::Forbidden(_) => StatusCode::FORBIDDEN,
-            PerceptionError::NotFound(_) => StatusCode::NOT_FOUND,
-            PerceptionError::Conflict(_) => StatusCode::CONFLICT,
-            PerceptionError::Store(s) => return s.clone().into(),
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
 
 const WORKER: &[Role] = &[Role::Worker];
 
@@ -153,21 +138,6 @@ pub(super) struct DetectionQuery {
     limit: Option<u32>,
 }
 
-/// A stored detection.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct DetectionRow {
-    pub id: i64,
-    pub camera_id: String,
-    pub task_type: String,
-    pub frame_id: Option<String>,
-    pub timestamp: DateTime<Utc>,
-    pub label: Option<String>,
-    pub confidence: Option<f64>,
-    pub bbox: Option<serde_json::Value>,
-    pub track_id: Option<String>,
-    pub attributes: serde_json::Value,
-}
-
 pub(super) async fn detections(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -175,36 +145,15 @@ pub(super) async fn detections(
     Query(q): Query<DetectionQuery>,
 ) -> Result<Json<Vec<DetectionRow>>, ApiError> {
     who.require(&[Role::Viewer, Role::Operator])?;
-    let from = q.from.map(|t| t.timestamp_millis()).unwrap_or(i64::MIN);
-    let to = q.to.map(|t| t.timestamp_millis()).unwrap_or(i64::MAX);
-    let limit = q.limit.unwrap_or(200).clamp(1, 5000);
+    let filter = DetectionFilter {
+        from_ms: q.from.map(|t| t.timestamp_millis()),
+        to_ms: q.to.map(|t| t.timestamp_millis()),
+        label: q.label,
+        limit: q.limit.unwrap_or(200).clamp(1, 5000),
+    };
     let rows = state
         .store
-        .read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT d.id, d.camera_id, b.task_type, b.frame_id, d.ts_ms, d.label, d.confidence, d.bbox, d.track_id, d.attributes
-                 FROM detections d JOIN detection_batches b ON b.id = d.batch_id
-                 WHERE d.camera_id = ?1 AND d.ts_ms >= ?2 AND d.ts_ms <= ?3 AND (?4 IS NULL OR d.label = ?4)
-                 ORDER BY d.ts_ms DESC, d.id DESC LIMIT ?5",
-            )?;
-            let rows = stmt.query_map(rusqlite::params![camera, from, to, q.label, limit], |r| {
-                let bbox: Option<String> = r.get(7)?;
-                let attributes: String = r.get(9)?;
-                Ok(DetectionRow {
-                    id: r.get(0)?,
-                    camera_id: r.get(1)?,
-                    task_type: r.get(2)?,
-                    frame_id: r.get(3)?,
-                    timestamp: DateTime::from_timestamp_millis(r.get(4)?).unwrap_or_default(),
-                    label: r.get(5)?,
-                    confidence: r.get(6)?,
-                    bbox: bbox.and_then(|b| serde_json::from_str(&b).ok()),
-                    track_id: r.get(8)?,
-                    attributes: serde_json::from_str(&attributes).unwrap_or_default(),
-                })
-            })?;
-            Ok::<_, StoreError>(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        .read(move |c| Ok::<_, StoreError>(detections::list(c, &camera, &filter)?))
         .await?;
     Ok(Json(rows))
 }

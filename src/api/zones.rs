@@ -6,13 +6,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{ApiError, AppState, raw_body};
 use crate::auth::{Principal, Role};
 use crate::config::model::ZoneConfig;
 use crate::registry::{RegistryError, StoredZone, requests};
 use crate::store::StoreError;
+use crate::zones::queries::{self, EventFilter, OccupancyRow, ZoneEventRow};
 
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 const ADMIN: &[Role] = &[];
@@ -129,21 +130,6 @@ pub(super) struct EventQuery {
     limit: Option<u32>,
 }
 
-/// A stored zone event.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ZoneEventRow {
-    pub id: i64,
-    pub zone: String,
-    pub camera_id: String,
-    pub task: String,
-    pub track_id: String,
-    pub label: Option<String>,
-    pub r#type: String,
-    pub ts: DateTime<Utc>,
-    pub dwell_s: Option<f64>,
-    pub reason: Option<String>,
-}
-
 pub(super) async fn events(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -151,47 +137,18 @@ pub(super) async fn events(
     Query(q): Query<EventQuery>,
 ) -> Result<Json<Vec<ZoneEventRow>>, ApiError> {
     who.require(VIEW)?;
-    let (from, to) = (
-        q.from.map_or(i64::MIN, |t| t.timestamp_millis()),
-        q.to.map_or(i64::MAX, |t| t.timestamp_millis()),
-    );
-    let limit = q.limit.unwrap_or(200).clamp(1, 5000);
+    let filter = EventFilter {
+        zone: q.zone,
+        r#type: q.r#type,
+        from_ms: q.from.map(|t| t.timestamp_millis()),
+        to_ms: q.to.map(|t| t.timestamp_millis()),
+        limit: q.limit.unwrap_or(200).clamp(1, 5000),
+    };
     let rows = state
         .store
-        .read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, zone_id, camera_id, task, track_id, label, type, ts_ms, dwell_ms, reason FROM zone_events
-                 WHERE camera_id = ?1 AND ts_ms >= ?2 AND ts_ms <= ?3 AND (?4 IS NULL OR zone_id = ?4)
-                   AND (?5 IS NULL OR type = ?5)
-                 ORDER BY ts_ms DESC, id DESC LIMIT ?6",
-            )?;
-            let rows = stmt.query_map(rusqlite::params![camera, from, to, q.zone, q.r#type, limit], |r| {
-                Ok(ZoneEventRow {
-                    id: r.get(0)?,
-                    zone: r.get(1)?,
-                    camera_id: r.get(2)?,
-                    task: r.get(3)?,
-                    track_id: r.get(4)?,
-                    label: r.get(5)?,
-                    r#type: r.get(6)?,
-                    ts: DateTime::from_timestamp_millis(r.get(7)?).unwrap_or_default(),
-                    dwell_s: r.get::<_, Option<i64>>(8)?.map(|ms| ms as f64 / 1000.0),
-                    reason: r.get(9)?,
-                })
-            })?;
-            Ok::<_, StoreError>(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        .read(move |c| Ok::<_, StoreError>(queries::events(c, &camera, &filter)?))
         .await?;
     Ok(Json(rows))
-}
-
-/// Occupancy of a zone.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct OccupancyRow {
-    pub zone: String,
-    pub total: u32,
-    pub by_label: serde_json::Value,
-    pub updated_at: DateTime<Utc>,
 }
 
 pub(super) async fn occupancy(
@@ -202,21 +159,7 @@ pub(super) async fn occupancy(
     who.require(VIEW)?;
     let rows = state
         .store
-        .read(move |c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT zone_id, total, by_label, updated_at_ms FROM zone_occupancy WHERE camera_id = ?1 ORDER BY zone_id",
-            )?;
-            let rows = stmt.query_map([camera], |r| {
-                let by_label: String = r.get(2)?;
-                Ok(OccupancyRow {
-                    zone: r.get(0)?,
-                    total: r.get(1)?,
-                    by_label: serde_json::from_str(&by_label).unwrap_or_default(),
-                    updated_at: DateTime::from_timestamp_millis(r.get(3)?).unwrap_or_default(),
-                })
-            })?;
-            Ok::<_, StoreError>(rows.collect::<Result<Vec<_>, _>>()?)
-        })
+        .read(move |c| Ok::<_, StoreError>(queries::occupancy(c, Some(&camera))?))
         .await?;
     Ok(Json(rows))
 }

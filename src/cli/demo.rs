@@ -133,7 +133,7 @@ async fn print_events(client: Client) {
         if let Ok(records) = client.get::<Vec<Record>>(&path).await {
             for r in &records {
                 after = after.max(r.seq);
-                if r.kind == "detection" {
+                if r.kind == crate::outbox::Kind::Detection {
                     detections += 1;
                 } else {
                     println!("{}", render::record(r));

@@ -1,7 +1,7 @@
 //! `heldar <command>`: the daemon (`run`), the demo, offline commands (`config check`, `db check`)
 //! and thin clients of the daemon's control socket (`status`, ...).
 //!
-//! Output contract (spec/operator-interface.md): human-readable by default, `--json` for machines;
+//! Output contract (`docs/cli.md`): human-readable by default, `--json` for machines;
 //! errors go to stderr as one line starting with `error:` that names the offending key or argument;
 //! exit code 2 for bad input, 1 for failure to do the work.
 

@@ -487,44 +487,7 @@ pub fn outbox(s: &crate::outbox::OutboxStatus) -> String {
 
 pub fn record(r: &crate::outbox::Record) -> String {
     let camera = r.camera_id.as_deref().unwrap_or("-");
-    let detail = match r.kind.as_str() {
-        "detection" => {
-            let n = r.payload["detections"].as_array().map_or(0, Vec::len);
-            format!(
-                "{} detections ({})",
-                n,
-                r.payload["task_type"].as_str().unwrap_or("?")
-            )
-        }
-        "zone" if r.r#type == "occupancy" => format!(
-            "{}: {} inside",
-            r.payload["zone"].as_str().unwrap_or("?"),
-            r.payload["total"]
-        ),
-        "zone" => {
-            let p = &r.payload;
-            let mut d = format!(
-                "{} {} track {}",
-                p["zone"].as_str().unwrap_or("?"),
-                p["label"].as_str().unwrap_or("-"),
-                p["track_id"].as_str().unwrap_or("?")
-            );
-            if let Some(s) = p["dwell_s"].as_f64() {
-                d.push_str(&format!(" after {s:.1} s"));
-            }
-            if let Some(reason) = p["reason"].as_str() {
-                d.push_str(&format!(" ({reason})"));
-            }
-            d
-        }
-        "alarm" => format!(
-            "input {} {} {}",
-            r.payload["input"],
-            r.payload["name"].as_str().unwrap_or(""),
-            r.payload["state"].as_str().unwrap_or("?")
-        ),
-        _ => r.payload.to_string(),
-    };
+    let detail = record_detail(r).unwrap_or_else(|| r.payload.to_string());
     format!(
         "{:>8} {} {:<9} {:<14} {:<12} {detail}",
         r.seq,
@@ -535,9 +498,58 @@ pub fn record(r: &crate::outbox::Record) -> String {
     )
 }
 
+/// One line about a record's payload, read typed; `None` for a payload this binary cannot
+/// read, which is then shown raw.
+fn record_detail(r: &crate::outbox::Record) -> Option<String> {
+    use crate::outbox::Kind;
+    use crate::perception::record::DetectionBatch;
+    use crate::serial::record::AlarmInput;
+    use crate::zones::record::{OCCUPANCY, ZoneEvent, ZoneOccupancy};
+    Some(match r.kind {
+        Kind::Detection => {
+            let batch: DetectionBatch = r.payload().ok()?;
+            format!(
+                "{} detections ({})",
+                batch.detections.len(),
+                batch.task_type
+            )
+        }
+        Kind::Zone if r.r#type == OCCUPANCY => {
+            let change: ZoneOccupancy = r.payload().ok()?;
+            format!("{}: {} inside", change.zone, change.total)
+        }
+        Kind::Zone => {
+            let e: ZoneEvent = r.payload().ok()?;
+            let mut d = format!(
+                "{} {} track {}",
+                e.zone,
+                e.label.as_deref().unwrap_or("-"),
+                e.track_id
+            );
+            if let Some(s) = e.dwell_s {
+                d.push_str(&format!(" after {s:.1} s"));
+            }
+            if let Some(reason) = e.reason {
+                d.push_str(&format!(" ({reason})"));
+            }
+            d
+        }
+        Kind::Alarm => {
+            let change: AlarmInput = r.payload().ok()?;
+            format!(
+                "input {} {} {}",
+                change.input,
+                change.name.as_deref().unwrap_or(""),
+                change.state
+            )
+        }
+        Kind::Camera | Kind::System => return None,
+    })
+}
+
 pub fn zones(
     zones: &[crate::registry::StoredZone],
-    occupancy: &[crate::api::OccupancyRow],
+    occupancy: &[crate::zones::queries::OccupancyRow],
 ) -> String {
     let mut out = format!(
         "{:<16} {:<12} {:<7} {:>6} {:<8} {}\n",

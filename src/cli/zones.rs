@@ -73,7 +73,7 @@ pub fn run(command: ZonesCommand, client: Client, json: bool) -> Result<ExitCode
             for c in &cameras {
                 let z: Vec<StoredZone> =
                     rt.block_on(client.get(&format!("/api/v1/cameras/{c}/zones")))?;
-                let o: Vec<crate::api::OccupancyRow> =
+                let o: Vec<crate::zones::queries::OccupancyRow> =
                     rt.block_on(client.get(&format!("/api/v1/cameras/{c}/zones/occupancy")))?;
                 zones.extend(z);
                 occupancy.extend(o);

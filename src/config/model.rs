@@ -1,7 +1,7 @@
 //! The shape of `heldar.toml` (and of a board profile, which is a partial `heldar.toml`).
 //!
-//! Every key, its default and its unit is here; `../shared/spec/operator-interface.md` is the
-//! contract these names follow. Unknown keys are errors (`deny_unknown_fields`), so a typo never
+//! Every key, its default and its unit is here; `docs/config.md` documents them for users, and a
+//! test keeps the two in step. Unknown keys are errors (`deny_unknown_fields`), so a typo never
 //! silently falls back to a default. Range checks and cross-references live in `validate.rs`.
 
 use std::collections::BTreeMap;

@@ -219,6 +219,36 @@ pub struct Range {
     pub end_ms: i64,
 }
 
+/// Recorded footage of one camera, as the index says.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Footage {
+    pub camera: String,
+    pub segments: i64,
+    pub bytes: i64,
+    pub gaps: i64,
+}
+
+/// Footage kept per camera, by camera id, for the metrics.
+pub fn footage(c: &Connection) -> rusqlite::Result<Vec<Footage>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT camera_id, SUM(n), SUM(bytes), SUM(gaps) FROM (
+             SELECT camera_id, COUNT(*) AS n, SUM(bytes) AS bytes, 0 AS gaps
+               FROM segments GROUP BY camera_id
+             UNION ALL
+             SELECT camera_id, 0, 0, COUNT(*) FROM gaps GROUP BY camera_id)
+         GROUP BY camera_id ORDER BY camera_id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(Footage {
+            camera: r.get(0)?,
+            segments: r.get(1)?,
+            bytes: r.get(2)?,
+            gaps: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
 /// Merges segments into ranges, bridging holes up to [`GAP_THRESHOLD_MS`].
 pub fn merge_ranges(segments: &[Segment]) -> Vec<Range> {
     let mut ranges: Vec<Range> = Vec::new();

@@ -21,10 +21,28 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 use tokio_util::sync::CancellationToken;
 
-use super::{BYTES, Kind, NewRecord, Outbox, append, count, counter, cursor};
+use serde::{Deserialize, Serialize};
+
+use super::{BYTES, Kind, NewRecord, Outbox, Payload, append, count, counter, cursor};
 use crate::store::StoreError;
 
 pub(super) const DROPPED: &str = "outbox_dropped";
+/// The record type of [`OutboxDropped`].
+pub const OUTBOX_DROPPED: &str = "outbox_dropped";
+
+/// The payload of the `system` record that announces records dropped by the bounds (invariant
+/// O4): which ones, so a receiver can tell what it missed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxDropped {
+    pub count: u64,
+    pub first_seq: i64,
+    pub last_seq: i64,
+    pub reason: String,
+}
+
+impl Payload for OutboxDropped {
+    const KIND: Kind = Kind::System;
+}
 /// Consumed records stay this long so the recent history can be read.
 const KEEP_CONSUMED: Duration = Duration::from_secs(3600);
 const PERIOD: Duration = Duration::from_secs(10);
@@ -85,21 +103,13 @@ impl Outbox {
                 let unseen: Vec<i64> = dropped.into_iter().filter(|s| *s > low).collect();
                 if let (Some(first), Some(last)) = (unseen.iter().min(), unseen.iter().max()) {
                     count(c, DROPPED, unseen.len() as i64)?;
-                    append(
-                        c,
-                        &NewRecord {
-                            kind: Kind::System,
-                            r#type: "outbox_dropped".into(),
-                            camera_id: None,
-                            ts_ms: now,
-                            payload: serde_json::json!({
-                                "count": unseen.len(),
-                                "first_seq": first,
-                                "last_seq": last,
-                                "reason": "outbox bounds (outbox.max_bytes / outbox.max_age) reached before every consumer had them",
-                            }),
-                        },
-                    )?;
+                    let dropped = OutboxDropped {
+                        count: unseen.len() as u64,
+                        first_seq: *first,
+                        last_seq: *last,
+                        reason: "outbox bounds (outbox.max_bytes / outbox.max_age) reached before every consumer had them".into(),
+                    };
+                    append(c, &NewRecord::new(OUTBOX_DROPPED, None, now, &dropped)?)?;
                 }
                 Ok::<_, StoreError>(Compacted { consumed, dropped: unseen.len() as u64 })
             })

@@ -26,9 +26,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OptionalExtension, params};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use compaction::{OUTBOX_DROPPED, OutboxDropped};
 pub use dispatch::{Acker, ConsumeError, ExternalEnd, LocalConsumer};
 
 use crate::config::model::OutboxConfig;
@@ -45,6 +47,43 @@ pub enum Kind {
     System,
 }
 
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored record of a kind this binary does not know (a database written by a newer one).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown record kind {0:?}")]
+pub struct UnknownKind(String);
+
+impl std::str::FromStr for Kind {
+    type Err = UnknownKind;
+
+    fn from_str(s: &str) -> Result<Kind, UnknownKind> {
+        [
+            Kind::Detection,
+            Kind::Zone,
+            Kind::Alarm,
+            Kind::Camera,
+            Kind::System,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| UnknownKind(s.to_string()))
+    }
+}
+
+impl rusqlite::types::FromSql for Kind {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Kind> {
+        value
+            .as_str()?
+            .parse()
+            .map_err(|e: UnknownKind| rusqlite::types::FromSqlError::Other(e.into()))
+    }
+}
+
 impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -57,16 +96,41 @@ impl Kind {
     }
 }
 
-/// A record to append.
+/// The payload of one kind of record: a serde struct owned by the module that produces it, so
+/// a renamed field is a compile error in every consumer rather than a consumer that silently
+/// stops matching.
+pub trait Payload: Serialize + DeserializeOwned {
+    /// The kind of every record carrying this payload.
+    const KIND: Kind;
+}
+
+/// A record to append; built from a typed [`Payload`] only.
 #[derive(Clone, Debug)]
 pub struct NewRecord {
-    pub kind: Kind,
-    /// What happened within the kind (`detections`, `gap`, `enter`, `outbox_dropped`, ...).
-    pub r#type: String,
-    pub camera_id: Option<String>,
-    /// When it happened, Unix ms.
-    pub ts_ms: i64,
-    pub payload: serde_json::Value,
+    kind: Kind,
+    r#type: String,
+    camera_id: Option<String>,
+    ts_ms: i64,
+    payload: serde_json::Value,
+}
+
+impl NewRecord {
+    /// A record of `payload`'s kind; `type` says what happened within the kind (`detections`,
+    /// `enter`, `occupancy`, `alarm_in`, `outbox_dropped`, ...), `ts_ms` when (Unix ms).
+    pub fn new<P: Payload>(
+        r#type: impl Into<String>,
+        camera_id: Option<String>,
+        ts_ms: i64,
+        payload: &P,
+    ) -> Result<NewRecord, StoreError> {
+        Ok(NewRecord {
+            kind: P::KIND,
+            r#type: r#type.into(),
+            camera_id,
+            ts_ms,
+            payload: serde_json::to_value(payload).map_err(|e| StoreError::Encode(Arc::new(e)))?,
+        })
+    }
 }
 
 /// A record as stored and delivered.
@@ -75,11 +139,46 @@ pub struct Record {
     pub seq: i64,
     /// Stable across redelivery: receivers deduplicate on it.
     pub id: String,
-    pub kind: String,
+    pub kind: Kind,
     pub r#type: String,
     pub camera_id: Option<String>,
     pub ts_ms: i64,
+    /// The payload as stored: the uplink forwards it whole; local consumers read it typed
+    /// through [`Record::payload`].
     pub payload: serde_json::Value,
+}
+
+/// A record's payload is not the type its reader expects.
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("record {seq} is a {found} record, not {wanted}")]
+    Kind { seq: i64, found: Kind, wanted: Kind },
+    #[error("record {seq} ({kind}/{record_type}): {source}")]
+    Shape {
+        seq: i64,
+        kind: Kind,
+        record_type: String,
+        source: serde_json::Error,
+    },
+}
+
+impl Record {
+    /// The payload as `P`, checked against `P`'s kind.
+    pub fn payload<P: Payload>(&self) -> Result<P, PayloadError> {
+        if self.kind != P::KIND {
+            return Err(PayloadError::Kind {
+                seq: self.seq,
+                found: self.kind,
+                wanted: P::KIND,
+            });
+        }
+        P::deserialize(&self.payload).map_err(|source| PayloadError::Shape {
+            seq: self.seq,
+            kind: self.kind,
+            record_type: self.r#type.clone(),
+            source,
+        })
+    }
 }
 
 /// Appends a record inside the caller's transaction and returns its `seq`.
@@ -99,6 +198,11 @@ pub fn append(c: &Connection, rec: &NewRecord) -> rusqlite::Result<i64> {
         ],
     )?;
     Ok(c.last_insert_rowid())
+}
+
+/// The `seq` of the newest record, 0 for an empty log (a consumer at the head is caught up).
+pub fn head(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row("SELECT COALESCE(MAX(seq), 0) FROM outbox", [], |r| r.get(0))
 }
 
 const COLUMNS: &str = "seq, event_id, kind, type, camera_id, ts_ms, payload";
@@ -260,9 +364,7 @@ impl Outbox {
         self.store
             .write(move |c| {
                 if cursor(c, &consumer)?.is_none() {
-                    let head: i64 =
-                        c.query_row("SELECT COALESCE(MAX(seq), 0) FROM outbox", [], |r| r.get(0))?;
-                    set_cursor(c, &consumer, head)?;
+                    set_cursor(c, &consumer, head(c)?)?;
                 }
                 Ok::<_, StoreError>(())
             })

@@ -14,6 +14,17 @@ use crate::config::model::StreamProfile;
 /// JPEG quality of served frames: what detectors see, so detail matters more than bytes.
 const JPEG_QUALITY: u8 = 85;
 
+/// Why a frame could not be served as JPEG.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum JpegError {
+    #[error("frame {width}x{height} is larger than JPEG allows (65535 per side)")]
+    TooLarge { width: u32, height: u32 },
+    #[error("JPEG encoding failed: {0}")]
+    Encoder(Arc<jpeg_encoder::EncodingError>),
+    #[error("JPEG encoding stopped abnormally: {0}")]
+    Aborted(String),
+}
+
 /// One decoded frame.
 pub struct Frame {
     pub rgb: Vec<u8>,
@@ -21,7 +32,7 @@ pub struct Frame {
     pub height: u32,
     /// Wall clock of the frame at the camera (its RTP time mapped to our clock), Unix ms.
     pub captured_ms: i64,
-    jpeg: OnceLock<Result<Arc<Vec<u8>>, String>>,
+    jpeg: OnceLock<Result<Arc<Vec<u8>>, JpegError>>,
 }
 
 impl Frame {
@@ -63,19 +74,21 @@ impl FrameStore {
     }
 
     /// The frame as JPEG, encoded now if nobody asked before. Blocking: CPU work.
-    pub fn jpeg(&self, frame: &Frame) -> Result<Arc<Vec<u8>>, String> {
+    pub fn jpeg(&self, frame: &Frame) -> Result<Arc<Vec<u8>>, JpegError> {
         frame
             .jpeg
             .get_or_init(|| {
                 self.encodes.fetch_add(1, Ordering::Relaxed);
                 let mut out = Vec::with_capacity(frame.rgb.len() / 8);
-                let (w, h) = (
-                    u16::try_from(frame.width).map_err(|_| "frame too wide")?,
-                    u16::try_from(frame.height).map_err(|_| "frame too tall")?,
-                );
+                let too_large = || JpegError::TooLarge {
+                    width: frame.width,
+                    height: frame.height,
+                };
+                let w = u16::try_from(frame.width).map_err(|_| too_large())?;
+                let h = u16::try_from(frame.height).map_err(|_| too_large())?;
                 jpeg_encoder::Encoder::new(&mut out, JPEG_QUALITY)
                     .encode(&frame.rgb, w, h, jpeg_encoder::ColorType::Rgb)
-                    .map_err(|e| format!("JPEG encoding failed: {e}"))?;
+                    .map_err(|e| JpegError::Encoder(Arc::new(e)))?;
                 Ok(Arc::new(out))
             })
             .clone()

@@ -10,10 +10,11 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::record::{Detection, DetectionBatch, WorkerEvent};
 use super::{Perception, PerceptionError, leases, tickets};
 use crate::auth::Principal;
 use crate::config::is_task_type;
-use crate::outbox::{self, Kind, NewRecord};
+use crate::outbox::{self, NewRecord};
 use crate::store::StoreError;
 
 /// Most detections one batch may carry.
@@ -128,9 +129,7 @@ impl Perception {
         let n = detections.len();
         let stored = self
             .store
-            .write(move |c| {
-                store_batch(c, &binding, &credential, ts_ms, &detections, event.as_ref())
-            })
+            .write(move |c| store_batch(c, &binding, &credential, ts_ms, detections, event))
             .await?;
         if stored {
             self.outbox.appended();
@@ -239,7 +238,11 @@ impl Perception {
 }
 
 /// Validates one detection and writes the server's provenance into its attributes.
-fn clean_detection(i: usize, d: DetectionIn, provenance: &Value) -> Result<Value, PerceptionError> {
+fn clean_detection(
+    i: usize,
+    d: DetectionIn,
+    provenance: &Value,
+) -> Result<Detection, PerceptionError> {
     if let Some(c) = d.confidence
         && !(c.is_finite() && (0.0..=1.0).contains(&c))
     {
@@ -247,15 +250,17 @@ fn clean_detection(i: usize, d: DetectionIn, provenance: &Value) -> Result<Value
             "detections[{i}].confidence: must be within 0..1, got {c}"
         )));
     }
-    if let Some(b) = &d.bbox
-        && (b.len() != 4
-            || b.iter()
-                .any(|v| !(v.is_finite() && (0.0..=1.0).contains(v))))
-    {
-        return Err(bad(format!(
-            "detections[{i}].bbox: must be [x, y, w, h] with each value within 0..1, got {b:?}"
-        )));
-    }
+    let bbox = match d.bbox {
+        None => None,
+        Some(b) => match <[f64; 4]>::try_from(b.as_slice()) {
+            Ok(b) if b.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)) => Some(b),
+            _ => {
+                return Err(bad(format!(
+                    "detections[{i}].bbox: must be [x, y, w, h] with each value within 0..1, got {b:?}"
+                )));
+            }
+        },
+    };
     let track_id = match d.track_id {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s),
@@ -273,17 +278,17 @@ fn clean_detection(i: usize, d: DetectionIn, provenance: &Value) -> Result<Value
     };
     attributes.insert("source".into(), "worker".into());
     attributes.insert("_prov".into(), provenance.clone());
-    Ok(json!({
-        "label": d.label,
-        "confidence": d.confidence,
-        "bbox": d.bbox,
-        "track_id": track_id,
-        "attributes": attributes,
-    }))
+    Ok(Detection {
+        label: d.label,
+        confidence: d.confidence,
+        bbox,
+        track_id,
+        attributes,
+    })
 }
 
 /// Checks a worker's event: its type is the worker's own, its severity at most `warning`.
-fn clean_event(e: EventIn) -> Result<Value, PerceptionError> {
+fn clean_event(e: EventIn) -> Result<WorkerEvent, PerceptionError> {
     let valid = !e.event_type.is_empty() && e.event_type.len() <= 64 && is_task_type(&e.event_type);
     if !valid {
         return Err(bad(format!(
@@ -304,9 +309,11 @@ fn clean_event(e: EventIn) -> Result<Value, PerceptionError> {
         None | Some("info") => "info",
         _ => "warning",
     };
-    Ok(
-        json!({ "event_type": e.event_type, "severity": severity, "payload": e.payload.unwrap_or_else(|| json!({})) }),
-    )
+    Ok(WorkerEvent {
+        event_type: e.event_type,
+        severity: severity.into(),
+        payload: e.payload.unwrap_or_else(|| json!({})),
+    })
 }
 
 /// The one transaction of a batch: dedup check, outbox record, batch row, detections. Returns
@@ -316,8 +323,8 @@ fn store_batch(
     b: &Binding,
     credential: &str,
     ts_ms: i64,
-    detections: &[Value],
-    event: Option<&Value>,
+    detections: Vec<Detection>,
+    event: Option<WorkerEvent>,
 ) -> Result<bool, StoreError> {
     if let Some(frame_id) = &b.frame_id {
         let seen: Option<i64> = c
@@ -331,26 +338,18 @@ fn store_batch(
             return Ok(false);
         }
     }
-    let mut payload = json!({
-        "frame_id": b.frame_id,
-        "task_type": b.task_type,
-        "task_id": b.task_id,
-        "worker_id": b.worker_id,
-        "ticketed": b.ticketed,
-        "detections": detections,
-    });
-    if let Some(e) = event {
-        payload["event"] = e.clone();
-    }
+    let batch = DetectionBatch {
+        frame_id: b.frame_id.clone(),
+        task_type: b.task_type.clone(),
+        task_id: b.task_id.clone(),
+        worker_id: b.worker_id.clone(),
+        ticketed: b.ticketed,
+        detections,
+        event,
+    };
     let seq = outbox::append(
         c,
-        &NewRecord {
-            kind: Kind::Detection,
-            r#type: "detections".into(),
-            camera_id: Some(b.camera_id.clone()),
-            ts_ms,
-            payload,
-        },
+        &NewRecord::new("detections", Some(b.camera_id.clone()), ts_ms, &batch)?,
     )?;
     c.execute(
         "INSERT INTO detection_batches (camera_id, frame_id, task_type, task_id, credential, worker_id, ts_ms, ticketed, outbox_seq)
@@ -362,16 +361,16 @@ fn store_batch(
         "INSERT INTO detections (batch_id, camera_id, ts_ms, label, confidence, bbox, track_id, attributes)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
-    for d in detections {
+    for d in &batch.detections {
         insert.execute(params![
             batch_id,
             b.camera_id,
             ts_ms,
-            d["label"].as_str(),
-            d["confidence"].as_f64(),
-            (!d["bbox"].is_null()).then(|| d["bbox"].to_string()),
-            d["track_id"].as_str(),
-            d["attributes"].to_string(),
+            d.label,
+            d.confidence,
+            d.bbox.map(|b| Value::from(b.to_vec()).to_string()),
+            d.track_id,
+            Value::Object(d.attributes.clone()).to_string(),
         ])?;
     }
     Ok(true)

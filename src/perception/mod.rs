@@ -1,6 +1,6 @@
 //! Perception: frames out to inference workers, detections back in, nothing lost.
 //!
-//! Owns: the worker contract (`../shared/spec/worker-contract.md`: tasks, leases, frames,
+//! Owns: the worker contract (`docs/worker-api.md`: tasks, leases, frames,
 //! tickets, events), the `leases`, `workers`, `detection_batches` and `detections` tables, the
 //! in-memory latest frames ([`frames`]) and the samplers that fill them.
 //! Does not own: which tasks exist (the [`crate::registry`]), the outbox (it appends to it).
@@ -8,25 +8,27 @@
 //! Rule: everything a worker sends is untrusted. The server decides camera, task and frame id
 //! when a ticket is presented (invariant X2) and writes provenance itself.
 
+mod decoder;
+pub mod detections;
 pub mod frames;
 pub mod ingest;
 pub mod leases;
+pub mod record;
 pub mod sampler;
 pub mod tickets;
 
 use std::sync::Arc;
 
 use rand::RngCore;
-use rusqlite::OptionalExtension;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
 use crate::config::model::StreamProfile;
 use crate::outbox::Outbox;
-use crate::registry::{Registry, RegistryError, Task};
+use crate::registry::{Registry, RegistryError, Task, task_camera};
 use crate::store::{Store, StoreError};
 
-pub use frames::{Frame, FrameStore};
+pub use frames::{Frame, FrameStore, JpegError};
 
 /// A camera's stream, as samplers and frames are keyed: (camera id, profile).
 pub type CameraStream = (String, StreamProfile);
@@ -47,6 +49,8 @@ pub enum PerceptionError {
     Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Jpeg(#[from] JpegError),
 }
 
 impl From<RegistryError> for PerceptionError {
@@ -261,8 +265,7 @@ impl Perception {
         let encoded = frame.clone();
         let jpeg = tokio::task::spawn_blocking(move || frames.jpeg(&encoded))
             .await
-            .map_err(|e| PerceptionError::Store(StoreError::Panicked(e.to_string())))?
-            .map_err(|e| PerceptionError::Store(StoreError::Panicked(e)))?;
+            .map_err(|e| JpegError::Aborted(e.to_string()))??;
         let mut ticket = None;
         if let Some(task_id) = task.filter(|t| !t.is_empty()) {
             let now_ms = chrono::Utc::now().timestamp_millis();
@@ -271,12 +274,8 @@ impl Perception {
                 .store
                 .read(move |c| {
                     let lease = leases::live_lease(c, &id, &credential, now_ms)?;
-                    let camera: Option<String> = match lease {
-                        Some(_) => c
-                            .query_row("SELECT camera_id FROM tasks WHERE id = ?1", [&id], |r| {
-                                r.get(0)
-                            })
-                            .optional()?,
+                    let camera = match lease {
+                        Some(_) => task_camera(c, &id)?,
                         None => None,
                     };
                     Ok::<_, StoreError>(camera)

@@ -11,24 +11,21 @@
 //! and width of its tasks. The box-wide budget (`sampler.max_total_fps`) is shared by camera
 //! priority, then fairly within a priority (see [`allocate`]). When the granted fps is at or below
 //! the stream's keyframe rate only keyframes reach the decoder, which costs a fraction of a full
-//! decode. The decode pipeline is separate from the camera's: a slow or broken decoder drops
-//! frames in its own leaky input and never slows recording.
+//! decode. The decode pipeline ([`super::decoder`]) is separate from the camera's: a slow or
+//! broken decoder drops frames in its own leaky input and never slows recording.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gstreamer as gst;
-use gstreamer::prelude::*;
-use gstreamer_app as gst_app;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::CameraStream;
-use super::frames::{Frame, FrameStore};
+use super::decoder::{Decoder, Target};
+use super::frames::FrameStore;
 use crate::config::model::{MediaConfig, StreamProfile};
-use crate::media::snapshot::decoder_for;
 use crate::media::{EncodedFrame, FrameTap, Media};
 use crate::registry::Registry;
 
@@ -238,23 +235,6 @@ pub struct Sampler {
     last_error: Mutex<Option<String>>,
 }
 
-/// The decode pipeline of a sampler.
-struct Decoder {
-    pipeline: gst::Pipeline,
-    appsrc: gst_app::AppSrc,
-    filter: gst::Element,
-    codec: String,
-    caps: gst::Caps,
-    /// Capture time (Unix ms) that buffer time zero stands for.
-    base_ms: i64,
-}
-
-impl Drop for Decoder {
-    fn drop(&mut self) {
-        let _ = self.pipeline.set_state(gst::State::Null);
-    }
-}
-
 impl Sampler {
     fn new(
         camera: &str,
@@ -295,8 +275,7 @@ impl Sampler {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_ref()
             {
-                d.filter
-                    .set_property("caps", output_caps(granted_fps, width));
+                d.set_output(granted_fps, width);
             }
         }
         if granted_fps <= 0.0 {
@@ -342,128 +321,6 @@ impl Sampler {
         tracing::warn!(camera = %self.camera, profile = ?self.profile, error = %error, "sampler decode pipeline failed");
         *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
     }
-
-    /// Builds the decode pipeline for the stream's codec.
-    fn build(&self, frame: &EncodedFrame<'_>, plan: Plan) -> Result<Decoder, String> {
-        let make = |name: &str| {
-            gst::ElementFactory::make(name)
-                .build()
-                .map_err(|e| format!("{name}: {e}"))
-        };
-        let pipeline = gst::Pipeline::new();
-        let appsrc = gst_app::AppSrc::builder()
-            .caps(frame.caps)
-            .format(gst::Format::Time)
-            .is_live(true)
-            .block(false)
-            .max_buffers(60)
-            .leaky_type(gst_app::AppLeakyType::Downstream)
-            .build();
-        let parse = make(if frame.codec == "h265" {
-            "h265parse"
-        } else {
-            "h264parse"
-        })?;
-        let decode = make(&decoder_for(frame.codec, &self.decoders))?;
-        let rate = gst::ElementFactory::make("videorate")
-            .property("drop-only", true)
-            .build()
-            .map_err(|e| e.to_string())?;
-        let scale = make("videoscale")?;
-        let convert = make("videoconvert")?;
-        let filter = gst::ElementFactory::make("capsfilter")
-            .property("caps", output_caps(plan.granted_fps, plan.width))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let sink = gst_app::AppSink::builder()
-            .sync(false)
-            .max_buffers(1)
-            .drop(true)
-            .build();
-        let elements = [
-            appsrc.upcast_ref(),
-            &parse,
-            &decode,
-            &rate,
-            &scale,
-            &convert,
-            &filter,
-            sink.upcast_ref(),
-        ];
-        pipeline.add_many(elements).map_err(|e| e.to_string())?;
-        gst::Element::link_many(elements).map_err(|e| e.to_string())?;
-
-        let base_ms = frame.captured_ms;
-        let (frames, camera, profile, published) = (
-            self.frames.clone(),
-            self.camera.clone(),
-            self.profile,
-            self.published.clone(),
-        );
-        sink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let (Some(buffer), Some(caps)) = (sample.buffer(), sample.caps()) else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let Some(s) = caps.structure(0) else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let (Ok(w), Ok(h)) = (s.get::<i32>("width"), s.get::<i32>("height")) else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let Ok(map) = buffer.map_readable() else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let captured_ms = base_ms + buffer.pts().map_or(0, |p| p.mseconds() as i64);
-                    // Rows may be padded to 4 bytes; the store keeps them tight.
-                    let stride = map.len() / h.max(1) as usize;
-                    let row = w as usize * 3;
-                    let rgb = if stride == row {
-                        map.as_slice().to_vec()
-                    } else {
-                        map.as_slice()
-                            .chunks(stride)
-                            .flat_map(|r| &r[..row])
-                            .copied()
-                            .collect()
-                    };
-                    frames.publish(
-                        &camera,
-                        profile,
-                        Frame::new(rgb, w as u32, h as u32, captured_ms),
-                    );
-                    published.fetch_add(1, Ordering::Relaxed);
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
-        pipeline
-            .set_state(gst::State::Playing)
-            .map_err(|e| format!("cannot start the decoder: {e}"))?;
-        Ok(Decoder {
-            pipeline,
-            appsrc,
-            filter,
-            codec: frame.codec.to_string(),
-            caps: frame.caps.clone(),
-            base_ms,
-        })
-    }
-}
-
-/// `video/x-raw,format=RGB,width=W,pixel-aspect-ratio=1/1,framerate=F` (height follows the
-/// stream's aspect ratio).
-fn output_caps(fps: f64, width: u32) -> gst::Caps {
-    let rate =
-        gst::Fraction::approximate_f64(fps.max(0.01)).unwrap_or_else(|| gst::Fraction::new(1, 1));
-    gst::Caps::builder("video/x-raw")
-        .field("format", "RGB")
-        .field("width", width as i32)
-        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1))
-        .field("framerate", rate)
-        .build()
 }
 
 impl FrameTap for Sampler {
@@ -498,37 +355,26 @@ impl FrameTap for Sampler {
         let Ok(mut slot) = self.decoder.try_lock() else {
             return;
         };
-        if slot.as_ref().is_some_and(|d| d.codec != frame.codec) {
+        if slot.as_ref().is_some_and(|d| d.codec() != frame.codec) {
             slot.take();
         }
         if slot.is_none() {
-            match self.build(frame, plan) {
+            let target = Target {
+                frames: self.frames.clone(),
+                camera: self.camera.clone(),
+                profile: self.profile,
+                published: self.published.clone(),
+            };
+            match Decoder::start(frame, plan.granted_fps, plan.width, &self.decoders, target) {
                 Ok(d) => *slot = Some(d),
                 Err(e) => {
-                    self.fail(e);
+                    self.fail(e.to_string());
                     return;
                 }
             }
         }
         let Some(decoder) = slot.as_mut() else { return };
-        if decoder.caps != *frame.caps {
-            decoder.appsrc.set_caps(Some(frame.caps));
-            decoder.caps = frame.caps.clone();
-        }
-        let offset =
-            gst::ClockTime::from_mseconds((frame.captured_ms - decoder.base_ms).max(0) as u64);
-        let mut buffer = frame.buffer.copy();
-        {
-            let b = buffer.make_mut();
-            let reorder = frame
-                .buffer
-                .pts()
-                .zip(frame.buffer.dts())
-                .map(|(p, d)| p.saturating_sub(d));
-            b.set_pts(offset);
-            b.set_dts(reorder.map(|r| offset.saturating_sub(r)));
-        }
-        if decoder.appsrc.push_buffer(buffer).is_ok() {
+        if decoder.push(frame) {
             self.started.store(true, Ordering::Relaxed);
             self.last_push_ms
                 .store(frame.captured_ms, Ordering::Relaxed);

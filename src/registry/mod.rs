@@ -30,7 +30,7 @@ use crate::store::{Store, StoreError};
 
 pub use service::{ConfigKind, ConfigOp, Refusal, camera_object};
 pub use settings::{SECTIONS as SETTINGS_SECTIONS, Settings, SettingsValue};
-pub use tasks::{Task, task_id, task_id_parts};
+pub use tasks::{Task, task_camera, task_id, task_id_parts};
 pub use zones::StoredZone;
 
 /// Who declared a camera or task.
@@ -295,7 +295,6 @@ impl Registry {
                 if c.execute("DELETE FROM cameras WHERE id = ?1", [&owned])? == 0 {
                     return Err(RegistryError::NotFound(format!("camera {owned:?}")));
                 }
-                c.execute("DELETE FROM camera_health WHERE camera_id = ?1", [&owned])?;
                 Ok(())
             })
             .await?;

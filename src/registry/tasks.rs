@@ -77,6 +77,15 @@ pub(super) fn sync_file(c: &Connection, tasks: &[TaskConfig]) -> rusqlite::Resul
     Ok(())
 }
 
+/// The camera a task runs on, read inside the caller's transaction (the worker contract checks
+/// a lease and its task's camera in one read).
+pub fn task_camera(c: &Connection, id: &str) -> rusqlite::Result<Option<String>> {
+    c.query_row("SELECT camera_id FROM tasks WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })
+    .optional()
+}
+
 fn task_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Task> {
     let profile: String = r.get(3)?;
     let config: String = r.get(6)?;
@@ -171,7 +180,6 @@ impl Registry {
                 if c.execute("DELETE FROM tasks WHERE id = ?1", [&owned])? == 0 {
                     return Err(RegistryError::NotFound(format!("task {owned:?}")));
                 }
-                c.execute("DELETE FROM leases WHERE task_id = ?1", [&owned])?;
                 Ok(())
             })
             .await?;

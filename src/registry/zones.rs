@@ -111,7 +111,6 @@ impl Registry {
                 if c.execute("DELETE FROM zones WHERE id = ?1", [&owned])? == 0 {
                     return Err(RegistryError::NotFound(format!("zone {owned:?}")));
                 }
-                c.execute("DELETE FROM zone_occupancy WHERE zone_id = ?1", [&owned])?;
                 Ok(())
             })
             .await?;

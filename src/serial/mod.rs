@@ -6,10 +6,11 @@
 //! ([`modbus`]), PTZ frames ([`pelco`], [`ptz`]) and rule execution ([`rules`]). Callers (API,
 //! CLI, MQTT, rules) go through [`Serial`]; every request is answered, never left hanging.
 
-pub mod modbus;
+pub mod board;
 pub mod pelco;
 mod port;
 mod ptz;
+pub mod record;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use modbus::{InputState, IoState, RelayState};
+pub use board::{InputState, IoState, RelayState};
 pub use pelco::PtzCommand;
 pub use port::PortStatus;
 
@@ -62,7 +63,7 @@ pub struct SerialStatus {
 }
 
 struct Board {
-    requests: mpsc::Sender<modbus::IoRequest>,
+    requests: mpsc::Sender<board::IoRequest>,
     state: Arc<Mutex<IoState>>,
     relays: u16,
     /// Its port's status (also in `Inner::ports`).
@@ -84,7 +85,7 @@ pub struct Serial {
 
 /// The tasks behind a [`Serial`], started by [`SerialTasks::run`].
 pub struct SerialTasks {
-    board: Option<modbus::IoBoard>,
+    board: Option<board::IoBoard>,
     buses: Vec<ptz::PtzBus>,
     rules: Option<(rules::RulesConsumer, rules::RulesExecutor)>,
     outbox: Outbox,
@@ -108,14 +109,14 @@ impl Serial {
             match s.protocol {
                 SerialProtocol::ModbusRtu => {
                     let (tx, rx) = mpsc::channel(64);
-                    let state = Arc::new(Mutex::new(modbus::IoBoard::initial_state(s)));
+                    let state = Arc::new(Mutex::new(board::IoBoard::initial_state(s)));
                     board = Some(Board {
                         requests: tx,
                         state: state.clone(),
                         relays: s.relays,
                         port: status.clone(),
                     });
-                    board_task = Some(modbus::IoBoard {
+                    board_task = Some(board::IoBoard {
                         config: s.clone(),
                         store: store.clone(),
                         outbox: outbox.clone(),
@@ -221,7 +222,7 @@ impl Serial {
         let (reply, answer) = oneshot::channel();
         board
             .requests
-            .send(modbus::IoRequest::Relay { relay, op, reply })
+            .send(board::IoRequest::Relay { relay, op, reply })
             .await
             .map_err(|_| SerialError::Unavailable("the I/O board task is stopping".into()))?;
         answer
@@ -233,7 +234,7 @@ impl Serial {
     /// board's queue rather than dropping the wake-up.
     pub async fn sync_pulses(&self) {
         if let Some(b) = &self.inner.board {
-            let _ = b.requests.send(modbus::IoRequest::SyncPulses).await;
+            let _ = b.requests.send(board::IoRequest::SyncPulses).await;
         }
     }
 

@@ -23,13 +23,15 @@ use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::modbus::schedule_pulse;
+use super::board::schedule_pulse;
 use super::pelco::PtzCommand;
+use super::record::{ALARM_IN, AlarmInput};
 use super::{Serial, SerialError};
 use crate::config::model::RuleConfig;
 use crate::config::rules::{Action, RelayOp, Trigger};
-use crate::outbox::{ConsumeError, LocalConsumer, Record};
+use crate::outbox::{ConsumeError, Kind, LocalConsumer, PayloadError, Record};
 use crate::store::{Store, StoreError};
+use crate::zones::record::ZoneEvent;
 
 pub const CONSUMER: &str = "rules";
 
@@ -61,18 +63,20 @@ fn parse(rules: &[RuleConfig]) -> Vec<Rule> {
         .collect()
 }
 
-fn matches(trigger: &Trigger, r: &Record) -> bool {
-    match trigger {
+fn matches(trigger: &Trigger, r: &Record) -> Result<bool, PayloadError> {
+    Ok(match trigger {
         Trigger::Zone { zone, event } => {
-            r.kind == "zone" && r.r#type == event.as_str() && r.payload["zone"] == zone.as_str()
+            r.kind == Kind::Zone
+                && r.r#type == event.as_str()
+                && r.payload::<ZoneEvent>()?.zone == *zone
         }
         Trigger::Alarm { input, active } => {
-            r.kind == "alarm"
-                && r.r#type == "alarm_in"
-                && r.payload["input"] == *input
-                && r.payload["active"] == *active
+            r.kind == Kind::Alarm && r.r#type == ALARM_IN && {
+                let change = r.payload::<AlarmInput>()?;
+                change.input == *input && change.active == *active
+            }
         }
-    }
+    })
 }
 
 /// The consumer half.
@@ -100,7 +104,7 @@ impl LocalConsumer for RulesConsumer {
         let oldest = now - MAX_EVENT_AGE.as_millis() as i64;
         for r in records.iter().filter(|r| r.ts_ms >= oldest) {
             for (i, rule) in self.rules.iter().enumerate() {
-                if matches(&rule.trigger, r) {
+                if matches(&rule.trigger, r).map_err(|e| ConsumeError::Malformed(e.to_string()))? {
                     c.execute(
                         "INSERT OR IGNORE INTO rule_actions (record_seq, rule, action, created_at_ms)
                          VALUES (?1, ?2, ?3, ?4)",

@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_audit_retention",
         sql: include_str!("../../migrations/0010_audit_retention.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_owner_cascades",
+        sql: include_str!("../../migrations/0011_owner_cascades.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

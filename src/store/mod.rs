@@ -70,6 +70,8 @@ pub enum StoreError {
     TransactionLost,
     #[error("a store write panicked: {0}")]
     Panicked(String),
+    #[error("could not encode what was to be stored: {0}")]
+    Encode(Arc<serde_json::Error>),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -28,7 +28,7 @@ pub fn message(r: &Record) -> Vec<u8> {
     };
     o.insert("seq".into(), r.seq.into());
     o.insert("id".into(), r.id.clone().into());
-    o.insert("kind".into(), r.kind.clone().into());
+    o.insert("kind".into(), r.kind.as_str().into());
     o.insert("type".into(), r.r#type.clone().into());
     match &r.camera_id {
         Some(c) => o.insert("camera_id".into(), c.clone().into()),

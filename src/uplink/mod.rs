@@ -1,4 +1,4 @@
-//! The MQTT uplink (`../shared/spec/mqtt.md`): the session with the broker, the outbox consumer
+//! The MQTT uplink (`docs/mqtt.md`): the session with the broker, the outbox consumer
 //! that publishes events, retained state, config and commands over MQTT, and Home Assistant
 //! discovery.
 //!

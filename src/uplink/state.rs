@@ -22,8 +22,10 @@ use super::events::CONSUMER;
 use super::session::{Link, Stopping, Tag};
 use crate::media::{CameraState, Media};
 use crate::outbox::Outbox;
+use crate::perception::detections;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
+use crate::zones;
 
 /// How often state is compared with what was published.
 const ROUND: Duration = Duration::from_secs(2);
@@ -226,48 +228,18 @@ impl StateSource {
         self.store
             .read(move |c| {
                 let mut labels = HashMap::new();
-                let mut stmt = c.prepare_cached(
-                    "SELECT b.task_type, d.label, COUNT(*) FROM detections d
-                     JOIN detection_batches b ON b.id = d.batch_id
-                     WHERE d.batch_id IN (
-                         SELECT MAX(id) FROM detection_batches
-                         WHERE camera_id = ?1 AND ts_ms > ?2 GROUP BY task_type)
-                       AND d.label IS NOT NULL
-                     GROUP BY b.task_type, d.label",
-                )?;
                 for camera in cameras {
-                    let mut by_label: BTreeMap<String, u64> = BTreeMap::new();
-                    let rows = stmt.query_map(rusqlite::params![camera, since], |r| {
-                        Ok((r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
-                    })?;
-                    // Two tasks seeing the same people are not twice the people: take the larger.
-                    for row in rows {
-                        let (label, n) = row?;
-                        let e = by_label.entry(label).or_default();
-                        *e = (*e).max(n as u64);
-                    }
+                    let by_label = detections::live_label_counts(c, &camera, since)?;
                     labels.insert(camera, by_label);
                 }
                 let mut occupancy = HashMap::new();
-                let mut stmt = c.prepare_cached(
-                    "SELECT zone_id, total, by_label, updated_at_ms FROM zone_occupancy",
-                )?;
-                let rows = stmt.query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                    ))
-                })?;
-                for row in rows {
-                    let (zone, total, by_label, at) = row?;
-                    let by_label: Value = serde_json::from_str(&by_label).unwrap_or(json!({}));
-                    let at = chrono::DateTime::from_timestamp_millis(at)
-                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+                for row in zones::queries::occupancy(c, None)? {
+                    let at = row
+                        .updated_at
+                        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
                     occupancy.insert(
-                        zone,
-                        json!({"total": total, "by_label": by_label, "updated_at": at}),
+                        row.zone,
+                        json!({"total": row.total, "by_label": row.by_label, "updated_at": at}),
                     );
                 }
                 Ok((labels, occupancy))

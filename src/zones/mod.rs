@@ -16,18 +16,21 @@
 
 pub mod engine;
 pub mod geometry;
+pub mod queries;
+pub mod record;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use engine::{CameraState, Observation, Occupancy, TrackKey, Zone, ZoneEvent};
+use record::ZoneOccupancy;
 
 use crate::outbox::{self, ConsumeError, Kind, LocalConsumer, NewRecord, Outbox, Record};
+use crate::perception::record::DetectionBatch;
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
 
@@ -107,9 +110,7 @@ impl ZoneEngine {
         let wrote = self
             .store
             .write(move |c| {
-                let head: i64 =
-                    c.query_row("SELECT COALESCE(MAX(seq), 0) FROM outbox", [], |r| r.get(0))?;
-                if outbox::cursor(c, CONSUMER)?.unwrap_or(0) < head {
+                if outbox::cursor(c, CONSUMER)?.unwrap_or(0) < outbox::head(c)? {
                     return Ok::<_, StoreError>(false);
                 }
                 let now = chrono::Utc::now().timestamp_millis();
@@ -154,19 +155,19 @@ impl LocalConsumer for Applier {
         let zones = self.zones.read().unwrap_or_else(|e| e.into_inner()).clone();
         let mut states: BTreeMap<String, CameraState> = BTreeMap::new();
         let mut last_ts: HashMap<String, i64> = HashMap::new();
-        for r in records
-            .iter()
-            .filter(|r| r.kind == Kind::Detection.as_str())
-        {
+        for r in records.iter().filter(|r| r.kind == Kind::Detection) {
             let Some(camera) = &r.camera_id else { continue };
             let Some(camera_zones) = zones.get(camera) else {
                 continue;
             };
+            let batch: DetectionBatch = r
+                .payload()
+                .map_err(|e| ConsumeError::Malformed(e.to_string()))?;
             if !states.contains_key(camera) {
                 states.insert(camera.clone(), load_state(c, camera)?);
             }
             let state = states.get_mut(camera).expect("just inserted");
-            let events = state.observe(camera_zones, r.ts_ms, &observations(r));
+            let events = state.observe(camera_zones, r.ts_ms, &observations(&batch));
             write_events(c, &events)?;
             last_ts.insert(camera.clone(), r.ts_ms);
         }
@@ -180,39 +181,24 @@ impl LocalConsumer for Applier {
     }
 }
 
-/// The tracked detections of a detection record; untracked ones cannot enter or leave anything.
-fn observations(r: &Record) -> Vec<Observation> {
-    let task = r.payload["task_id"]
-        .as_str()
-        .or_else(|| r.payload["task_type"].as_str())
-        .unwrap_or_default()
-        .to_string();
-    r.payload["detections"]
-        .as_array()
-        .map(|ds| {
-            ds.iter()
-                .filter_map(|d| {
-                    let track = d["track_id"].as_str()?.to_string();
-                    let b = d["bbox"].as_array()?;
-                    let bbox = [
-                        b.first()?.as_f64()?,
-                        b.get(1)?.as_f64()?,
-                        b.get(2)?.as_f64()?,
-                        b.get(3)?.as_f64()?,
-                    ];
-                    Some(Observation {
-                        track: TrackKey {
-                            task: task.clone(),
-                            track,
-                        },
-                        label: d["label"].as_str().map(str::to_string),
-                        confidence: d["confidence"].as_f64(),
-                        bbox,
-                    })
-                })
-                .collect()
+/// The tracked detections of a batch; untracked ones cannot enter or leave anything.
+fn observations(batch: &DetectionBatch) -> Vec<Observation> {
+    let task = batch.task_id.as_ref().unwrap_or(&batch.task_type);
+    batch
+        .detections
+        .iter()
+        .filter_map(|d| {
+            Some(Observation {
+                track: TrackKey {
+                    task: task.clone(),
+                    track: d.track_id.clone()?,
+                },
+                label: d.label.clone(),
+                confidence: d.confidence,
+                bbox: d.bbox?,
+            })
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 fn load_state(c: &Connection, camera: &str) -> Result<CameraState, StoreError> {
@@ -231,7 +217,7 @@ fn load_state(c: &Connection, camera: &str) -> Result<CameraState, StoreError> {
 }
 
 fn save_state(c: &Connection, camera: &str, state: &CameraState) -> Result<(), StoreError> {
-    let text = serde_json::to_string(state).map_err(|e| StoreError::Panicked(e.to_string()))?;
+    let text = serde_json::to_string(state).map_err(|e| StoreError::Encode(Arc::new(e)))?;
     c.execute(
         "INSERT INTO zone_state (camera_id, state) VALUES (?1, ?2) ON CONFLICT (camera_id) DO UPDATE SET state = ?2",
         params![camera, text],
@@ -242,17 +228,9 @@ fn save_state(c: &Connection, camera: &str, state: &CameraState) -> Result<(), S
 /// Stores events and announces each in the outbox, in the caller's transaction.
 fn write_events(c: &Connection, events: &[ZoneEvent]) -> Result<(), StoreError> {
     for e in events {
-        let payload =
-            serde_json::to_value(e).map_err(|err| StoreError::Panicked(err.to_string()))?;
         let seq = outbox::append(
             c,
-            &NewRecord {
-                kind: Kind::Zone,
-                r#type: e.kind.clone(),
-                camera_id: Some(e.camera.clone()),
-                ts_ms: e.ts_ms,
-                payload,
-            },
+            &NewRecord::new(e.kind.clone(), Some(e.camera.clone()), e.ts_ms, e)?,
         )?;
         c.execute(
             "INSERT INTO zone_events (zone_id, camera_id, task, track_id, label, type, ts_ms, dwell_ms, reason, outbox_seq)
@@ -291,8 +269,8 @@ fn write_occupancy(
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let by_label = serde_json::to_string(&occ.by_label)
-            .map_err(|e| StoreError::Panicked(e.to_string()))?;
+        let by_label =
+            serde_json::to_string(&occ.by_label).map_err(|e| StoreError::Encode(Arc::new(e)))?;
         let unchanged = previous
             .as_ref()
             .is_some_and(|(t, l)| *t == occ.total as i64 && *l == by_label);
@@ -305,15 +283,14 @@ fn write_occupancy(
              ON CONFLICT (zone_id) DO UPDATE SET total = ?3, by_label = ?4, updated_at_ms = ?5",
             params![zone, camera, occ.total, by_label, now],
         )?;
+        let change = ZoneOccupancy {
+            zone,
+            total: occ.total,
+            by_label: occ.by_label,
+        };
         outbox::append(
             c,
-            &NewRecord {
-                kind: Kind::Zone,
-                r#type: "occupancy".into(),
-                camera_id: Some(camera.to_string()),
-                ts_ms: now,
-                payload: json!({ "zone": zone, "total": occ.total, "by_label": occ.by_label }),
-            },
+            &NewRecord::new(record::OCCUPANCY, Some(camera.to_string()), now, &change)?,
         )?;
     }
     Ok(())

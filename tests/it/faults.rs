@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use heldar_edge::config::model::OutboxConfig;
-use heldar_edge::outbox::{ConsumeError, Kind, LocalConsumer, NewRecord, Outbox, Record};
+use heldar_edge::outbox::{ConsumeError, Kind, LocalConsumer, NewRecord, Outbox, Payload, Record};
 use heldar_edge::store::{self, Store, StoreError};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -147,6 +147,14 @@ impl LocalConsumer for RoomyEffect {
 
 /// Item 5: a local consumer failing because the disk is full used to be treated like a record it
 /// cannot parse: after 10 attempts the record was skipped and its effect lost for good.
+/// An empty `system` record for consumers that only count what they are given.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct TestPayload {}
+
+impl Payload for TestPayload {
+    const KIND: Kind = Kind::System;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_consumer_failing_on_a_full_disk_is_retried_not_skipped() {
     let disk = Tmpfs::mount("16m");
@@ -163,13 +171,7 @@ async fn a_consumer_failing_on_a_full_disk_is_retried_not_skipped() {
         .unwrap();
     let outbox = Outbox::new(store.clone(), OutboxConfig::default());
     let seq = outbox
-        .publish(NewRecord {
-            kind: Kind::System,
-            r#type: "test".into(),
-            camera_id: None,
-            ts_ms: 0,
-            payload: json!({}),
-        })
+        .publish(NewRecord::new("test", None, 0, &TestPayload {}).unwrap())
         .await
         .unwrap();
     // Room for a cursor update, none for the effect.
