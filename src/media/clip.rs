@@ -17,8 +17,11 @@ use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 use serde::{Deserialize, Serialize};
 
+use super::gst_job::{GstJobError, NullOnDrop, bus, bus_error, element, static_pad, wait_for};
 use super::index::{GAP_THRESHOLD_MS, Segment};
-use super::snapshot::{NullOnDrop, wait_for};
+
+/// Longest the reader or the writer may stay silent before the export is abandoned.
+const TIMEOUT: gst::ClockTime = gst::ClockTime::from_seconds(10);
 
 /// What an export produced.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,10 +64,10 @@ pub fn export(
     from_ms: i64,
     to_ms: i64,
     output: &Path,
-) -> Result<ClipReport, String> {
+) -> Result<ClipReport, GstJobError> {
     let first = segments
         .first()
-        .ok_or("no recorded footage in that range")?;
+        .ok_or(GstJobError::Empty("no recorded footage in that range"))?;
     let codec = first.codec.clone();
     let files: Vec<String> = segments
         .iter()
@@ -77,23 +80,19 @@ pub fn export(
     let stop_ms = (total_ms - (last.end_ms - to_ms).max(0)).max(offset_ms);
 
     let reader = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("splitmuxsrc")
-        .build()
-        .map_err(|e| format!("splitmuxsrc: {e}"))?;
+    let src = element("splitmuxsrc")?;
     src.connect("format-location", false, move |_| Some(files.to_value()));
-    let parse = gst::ElementFactory::make(if codec == "h265" {
+    let parse = element(if codec == "h265" {
         "h265parse"
     } else {
         "h264parse"
-    })
-    .build()
-    .map_err(|e| e.to_string())?;
+    })?;
     let sink = gst_app::AppSink::builder().sync(false).build();
     reader
         .add_many([&src, &parse, sink.upcast_ref()])
-        .map_err(|e| e.to_string())?;
-    parse.link(&sink).map_err(|e| e.to_string())?;
-    let parse_sink = parse.static_pad("sink").ok_or("parser without sink pad")?;
+        .map_err(GstJobError::assemble)?;
+    parse.link(&sink).map_err(GstJobError::assemble)?;
+    let parse_sink = static_pad(&parse, "sink")?;
     src.connect_pad_added(move |_, pad| {
         if !parse_sink.is_linked() {
             let _ = pad.link(&parse_sink);
@@ -102,10 +101,10 @@ pub fn export(
     let _reader_guard = NullOnDrop(&reader);
     reader
         .set_state(gst::State::Paused)
-        .map_err(|e| format!("cannot open the recordings: {e}"))?;
-    let bus = reader.bus().ok_or("no bus")?;
-    wait_for(&bus, |m| matches!(m.view(), gst::MessageView::AsyncDone(_)))
-        .map_err(|e| format!("cannot open the recordings: {e}"))?;
+        .map_err(GstJobError::state("opening the recordings"))?;
+    let reader_bus = bus(&reader)?;
+    let done = |m: &gst::Message| matches!(m.view(), gst::MessageView::AsyncDone(_));
+    wait_for(&reader_bus, TIMEOUT, "opening the recordings", done)?;
     reader
         .seek(
             1.0,
@@ -115,26 +114,21 @@ pub fn export(
             gst::SeekType::Set,
             gst::ClockTime::from_mseconds(stop_ms as u64),
         )
-        .map_err(|e| format!("cannot seek in the recordings: {e}"))?;
-    wait_for(&bus, |m| matches!(m.view(), gst::MessageView::AsyncDone(_)))
-        .map_err(|e| format!("seek did not complete: {e}"))?;
+        .map_err(|e| GstJobError::failed("seeking in the recordings", e))?;
+    wait_for(&reader_bus, TIMEOUT, "seeking in the recordings", done)?;
     reader
         .set_state(gst::State::Playing)
-        .map_err(|e| e.to_string())?;
+        .map_err(GstJobError::state("reading the recordings"))?;
 
     let writer = gst::Pipeline::new();
     let appsrc = gst_app::AppSrc::builder().format(gst::Format::Time).build();
-    let mux = gst::ElementFactory::make("matroskamux")
-        .build()
-        .map_err(|e| e.to_string())?;
-    let file = gst::ElementFactory::make("filesink")
-        .property("location", output.to_string_lossy().as_ref())
-        .build()
-        .map_err(|e| e.to_string())?;
+    let mux = element("matroskamux")?;
+    let file = element("filesink")?;
+    file.set_property("location", output.to_string_lossy().as_ref());
     writer
         .add_many([appsrc.upcast_ref(), &mux, &file])
-        .map_err(|e| e.to_string())?;
-    gst::Element::link_many([appsrc.upcast_ref(), &mux, &file]).map_err(|e| e.to_string())?;
+        .map_err(GstJobError::assemble)?;
+    gst::Element::link_many([appsrc.upcast_ref(), &mux, &file]).map_err(GstJobError::assemble)?;
     let _writer_guard = NullOnDrop(&writer);
 
     let mut base: Option<gst::ClockTime> = None;
@@ -143,7 +137,7 @@ pub fn export(
     let mut last_end = gst::ClockTime::ZERO;
     let mut frames = 0u64;
     let mut started = false;
-    while let Some(sample) = sink.try_pull_sample(gst::ClockTime::from_seconds(10)) {
+    while let Some(sample) = sink.try_pull_sample(TIMEOUT) {
         let Some(buffer) = sample.buffer() else {
             continue;
         };
@@ -151,7 +145,7 @@ pub fn export(
             appsrc.set_caps(sample.caps_owned().as_ref());
             writer
                 .set_state(gst::State::Playing)
-                .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+                .map_err(GstJobError::state(format!("writing {}", output.display())))?;
             started = true;
         }
         let pts = buffer.pts();
@@ -179,21 +173,28 @@ pub fn export(
         }
         appsrc
             .push_buffer(out)
-            .map_err(|e| format!("writing the clip failed: {e:?}"))?;
+            .map_err(|e| GstJobError::failed("writing the clip", format!("{e:?}")))?;
         frames += 1;
     }
     if !sink.is_eos() {
-        return Err("reading the recordings stalled".into());
+        return Err(bus_error(
+            &reader,
+            "reading the recordings",
+            GstJobError::Timeout {
+                doing: "reading the recordings".into(),
+                seconds: TIMEOUT.seconds(),
+            },
+        ));
     }
     if !started {
-        return Err("no frames in that range".into());
+        return Err(GstJobError::Empty("no frames in that range"));
     }
-    appsrc.end_of_stream().map_err(|e| format!("{e:?}"))?;
-    let writer_bus = writer.bus().ok_or("no bus")?;
-    wait_for(&writer_bus, |m| {
+    appsrc
+        .end_of_stream()
+        .map_err(|e| GstJobError::failed("finishing the clip", format!("{e:?}")))?;
+    wait_for(&bus(&writer)?, TIMEOUT, "finishing the clip", |m| {
         matches!(m.view(), gst::MessageView::Eos(_))
-    })
-    .map_err(|e| format!("finishing the clip failed: {e}"))?;
+    })?;
     drop(_writer_guard);
     let bytes = std::fs::metadata(output).map(|m| m.len()).unwrap_or(0);
     let first_offset_ms = first_position.map_or(offset_ms, |p| p.mseconds() as i64);

@@ -12,6 +12,7 @@
 //! repeated every [`RECHECK`], so a disk that comes back is used again without a restart.
 
 pub mod clip;
+pub mod gst_job;
 mod health;
 pub mod index;
 mod ops;

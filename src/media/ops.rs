@@ -9,6 +9,7 @@ use gstreamer as gst;
 use serde::{Deserialize, Serialize};
 
 use super::clip::{self, ClipReport};
+use super::gst_job::GstJobError;
 use super::index::{self, Segment};
 use super::pipeline::{StreamPipeline, StreamSpec};
 use super::snapshot::{decoder_for, frame_at, keyframe_to_jpeg};
@@ -35,6 +36,15 @@ pub enum MediaError {
     Failed(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl From<GstJobError> for MediaError {
+    fn from(e: GstJobError) -> Self {
+        match e {
+            GstJobError::Empty(what) => MediaError::NotFound(what.into()),
+            other => MediaError::Failed(other.to_string()),
+        }
+    }
 }
 
 impl From<RegistryError> for MediaError {
@@ -284,10 +294,9 @@ impl Media {
 }
 
 async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+    work: impl FnOnce() -> Result<T, GstJobError> + Send + 'static,
 ) -> Result<T, MediaError> {
-    tokio::task::spawn_blocking(work)
+    Ok(tokio::task::spawn_blocking(work)
         .await
-        .map_err(|e| MediaError::Failed(e.to_string()))?
-        .map_err(MediaError::Failed)
+        .map_err(|e| MediaError::Failed(e.to_string()))??)
 }

@@ -12,6 +12,8 @@ use std::time::Duration;
 use gstreamer as gst;
 use gstreamer::prelude::*;
 
+use super::gst_job::{GstJobError, bus, element, static_pad};
+
 /// What a file holds.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProbeResult {
@@ -41,23 +43,18 @@ struct Tally {
 }
 
 /// Demuxes `path` as fast as the disk allows; blocking (call it from a blocking thread).
-pub fn probe_segment(path: &Path) -> Result<ProbeResult, String> {
+pub fn probe_segment(path: &Path) -> Result<ProbeResult, GstJobError> {
     let pipeline = gst::Pipeline::new();
-    let make = |name: &str| {
-        gst::ElementFactory::make(name)
-            .build()
-            .map_err(|e| format!("{name}: {e}"))
-    };
-    let src = make("filesrc")?;
+    let src = element("filesrc")?;
     src.set_property("location", path.to_string_lossy().as_ref());
-    let demux = make("matroskademux")?;
-    let sink = make("fakesink")?;
+    let demux = element("matroskademux")?;
+    let sink = element("fakesink")?;
     sink.set_property("sync", false);
     pipeline
         .add_many([&src, &demux, &sink])
-        .map_err(|e| e.to_string())?;
-    src.link(&demux).map_err(|e| e.to_string())?;
-    let sink_pad = sink.static_pad("sink").ok_or("fakesink without sink pad")?;
+        .map_err(GstJobError::assemble)?;
+    src.link(&demux).map_err(GstJobError::assemble)?;
+    let sink_pad = static_pad(&sink, "sink")?;
     demux.connect_pad_added(move |_, pad| {
         if !sink_pad.is_linked() {
             let _ = pad.link(&sink_pad);
@@ -65,50 +62,48 @@ pub fn probe_segment(path: &Path) -> Result<ProbeResult, String> {
     });
     let tally = Arc::new(Mutex::new(Tally::default()));
     let counted = tally.clone();
-    sink.static_pad("sink")
-        .ok_or("fakesink without sink pad")?
-        .add_probe(
-            gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
-            move |_, info| {
-                let Ok(mut t) = counted.lock() else {
-                    return gst::PadProbeReturn::Ok;
-                };
-                match &info.data {
-                    Some(gst::PadProbeData::Buffer(b)) => {
-                        if t.result.frames == 0 {
-                            t.result.first_is_keyframe =
-                                !b.flags().contains(gst::BufferFlags::DELTA_UNIT);
-                        }
-                        t.result.frames += 1;
-                        if let Some(pts) = b.pts() {
-                            t.first_pts = Some(t.first_pts.map_or(pts, |f| f.min(pts)));
-                            let end = pts + b.duration().unwrap_or(gst::ClockTime::ZERO);
-                            t.last_end = Some(t.last_end.map_or(end, |l| l.max(end)));
-                        }
+    static_pad(&sink, "sink")?.add_probe(
+        gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM,
+        move |_, info| {
+            let Ok(mut t) = counted.lock() else {
+                return gst::PadProbeReturn::Ok;
+            };
+            match &info.data {
+                Some(gst::PadProbeData::Buffer(b)) => {
+                    if t.result.frames == 0 {
+                        t.result.first_is_keyframe =
+                            !b.flags().contains(gst::BufferFlags::DELTA_UNIT);
                     }
-                    Some(gst::PadProbeData::Event(e)) => {
-                        if let gst::EventView::Caps(c) = e.view()
-                            && let Some(s) = c.caps().structure(0)
-                        {
-                            t.result.codec = match s.name().as_str() {
-                                "video/x-h264" => Some("h264".into()),
-                                "video/x-h265" => Some("h265".into()),
-                                other => Some(other.to_string()),
-                            };
-                            t.result.width = s.get::<i32>("width").ok();
-                            t.result.height = s.get::<i32>("height").ok();
-                        }
+                    t.result.frames += 1;
+                    if let Some(pts) = b.pts() {
+                        t.first_pts = Some(t.first_pts.map_or(pts, |f| f.min(pts)));
+                        let end = pts + b.duration().unwrap_or(gst::ClockTime::ZERO);
+                        t.last_end = Some(t.last_end.map_or(end, |l| l.max(end)));
                     }
-                    _ => {}
                 }
-                gst::PadProbeReturn::Ok
-            },
-        );
+                Some(gst::PadProbeData::Event(e)) => {
+                    if let gst::EventView::Caps(c) = e.view()
+                        && let Some(s) = c.caps().structure(0)
+                    {
+                        t.result.codec = match s.name().as_str() {
+                            "video/x-h264" => Some("h264".into()),
+                            "video/x-h265" => Some("h265".into()),
+                            other => Some(other.to_string()),
+                        };
+                        t.result.width = s.get::<i32>("width").ok();
+                        t.result.height = s.get::<i32>("height").ok();
+                    }
+                }
+                _ => {}
+            }
+            gst::PadProbeReturn::Ok
+        },
+    );
 
-    let bus = pipeline.bus().ok_or("pipeline without a bus")?;
+    let bus = bus(&pipeline)?;
     pipeline
         .set_state(gst::State::Playing)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        .map_err(GstJobError::state(format!("reading {}", path.display())))?;
     let mut truncated = false;
     let mut error = None;
     for msg in bus.iter_timed(gst::ClockTime::from_seconds(30)) {
@@ -123,9 +118,12 @@ pub fn probe_segment(path: &Path) -> Result<ProbeResult, String> {
         }
     }
     let _ = pipeline.set_state(gst::State::Null);
-    let mut t = tally.lock().map_err(|_| "probe state poisoned")?;
+    let mut t = tally.lock().unwrap_or_else(|e| e.into_inner());
     if t.result.frames == 0 {
-        return Err(error.unwrap_or_else(|| "no video frames".into()));
+        return Err(match error {
+            Some(message) => GstJobError::failed(format!("reading {}", path.display()), message),
+            None => GstJobError::Empty("no video frames"),
+        });
     }
     t.result.truncated = truncated;
     if let (Some(first), Some(end)) = (t.first_pts, t.last_end) {

@@ -190,8 +190,8 @@ pub async fn reconcile(
             }
             (outcome, _) => {
                 let why = match outcome {
-                    Err(e) => e,
-                    Ok(_) => "not playable or unnamed".into(),
+                    Err(e) => e.to_string(),
+                    Ok(_) => "not playable or unnamed".to_string(),
                 };
                 let moved = blocking({
                     let (dir, rel) = (recordings_dir.to_path_buf(), rel.clone());

@@ -16,6 +16,7 @@ use gstreamer as gst;
 use gstreamer::prelude::*;
 use gstreamer_app as gst_app;
 
+use super::gst_job::{GstJobError, NullOnDrop, bus, bus_error, element, static_pad, wait_for};
 use crate::config::model::MediaConfig;
 
 /// Longest a snapshot may take before it is abandoned.
@@ -46,31 +47,28 @@ fn jpeg_tail(
     pipeline: &gst::Pipeline,
     codec: &str,
     decoder: &str,
-) -> Result<(gst::Element, gst_app::AppSink), String> {
-    let make = |name: &str| {
-        gst::ElementFactory::make(name)
-            .build()
-            .map_err(|e| format!("{name}: {e}"))
-    };
-    let parse = make(parser_for(codec))?;
-    let decode = make(decoder)?;
-    let convert = make("videoconvert")?;
-    let encode = make("jpegenc")?;
+) -> Result<(gst::Element, gst_app::AppSink), GstJobError> {
+    let parse = element(parser_for(codec))?;
+    let decode = element(decoder)?;
+    let convert = element("videoconvert")?;
+    let encode = element("jpegenc")?;
     let sink = gst_app::AppSink::builder()
         .sync(false)
         .max_buffers(1)
         .build();
     pipeline
         .add_many([&parse, &decode, &convert, &encode, sink.upcast_ref()])
-        .map_err(|e| e.to_string())?;
+        .map_err(GstJobError::assemble)?;
     gst::Element::link_many([&parse, &decode, &convert, &encode, sink.upcast_ref()])
-        .map_err(|e| e.to_string())?;
+        .map_err(GstJobError::assemble)?;
     Ok((parse, sink))
 }
 
-fn jpeg_bytes(sample: &gst::Sample) -> Result<Vec<u8>, String> {
-    let buffer = sample.buffer().ok_or("no image")?;
-    let map = buffer.map_readable().map_err(|e| e.to_string())?;
+fn jpeg_bytes(sample: &gst::Sample) -> Result<Vec<u8>, GstJobError> {
+    let buffer = sample.buffer().ok_or(GstJobError::Empty("no image"))?;
+    let map = buffer
+        .map_readable()
+        .map_err(|e| GstJobError::failed("reading the image", e))?;
     Ok(map.as_slice().to_vec())
 }
 
@@ -79,27 +77,37 @@ pub fn keyframe_to_jpeg(
     keyframe: &gst::Sample,
     codec: &str,
     decoder: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, GstJobError> {
     let pipeline = gst::Pipeline::new();
-    let caps = keyframe.caps().ok_or("keyframe without caps")?.to_owned();
+    let caps = keyframe
+        .caps()
+        .ok_or(GstJobError::Empty("keyframe without caps"))?
+        .to_owned();
     let src = gst_app::AppSrc::builder()
         .caps(&caps)
         .format(gst::Format::Time)
         .build();
-    pipeline.add(&src).map_err(|e| e.to_string())?;
+    pipeline.add(&src).map_err(GstJobError::assemble)?;
     let (head, sink) = jpeg_tail(&pipeline, codec, decoder)?;
-    src.link(&head).map_err(|e| e.to_string())?;
+    src.link(&head).map_err(GstJobError::assemble)?;
     let _guard = NullOnDrop(&pipeline);
     pipeline
         .set_state(gst::State::Playing)
-        .map_err(|e| e.to_string())?;
-    let buffer = keyframe.buffer_owned().ok_or("keyframe without data")?;
+        .map_err(GstJobError::state("starting the decoder"))?;
+    let buffer = keyframe
+        .buffer_owned()
+        .ok_or(GstJobError::Empty("keyframe without data"))?;
     src.push_buffer(buffer)
-        .map_err(|e| format!("decoder refused the keyframe: {e:?}"))?;
-    src.end_of_stream().map_err(|e| format!("{e:?}"))?;
-    let sample = sink
-        .try_pull_sample(TIMEOUT)
-        .ok_or_else(|| bus_error(&pipeline, "the decoder produced no image"))?;
+        .map_err(|e| GstJobError::failed("the decoder refused the keyframe", format!("{e:?}")))?;
+    src.end_of_stream()
+        .map_err(|e| GstJobError::failed("ending the keyframe", format!("{e:?}")))?;
+    let sample = sink.try_pull_sample(TIMEOUT).ok_or_else(|| {
+        bus_error(
+            &pipeline,
+            "decoding the keyframe",
+            GstJobError::Empty("the decoder produced no image"),
+        )
+    })?;
     jpeg_bytes(&sample)
 }
 
@@ -109,21 +117,17 @@ pub fn frame_at(
     offset: Duration,
     codec: &str,
     decoder: &str,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, GstJobError> {
     let pipeline = gst::Pipeline::new();
-    let src = gst::ElementFactory::make("filesrc")
-        .property("location", path.to_string_lossy().as_ref())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let demux = gst::ElementFactory::make("matroskademux")
-        .build()
-        .map_err(|e| e.to_string())?;
+    let src = element("filesrc")?;
+    src.set_property("location", path.to_string_lossy().as_ref());
+    let demux = element("matroskademux")?;
     pipeline
         .add_many([&src, &demux])
-        .map_err(|e| e.to_string())?;
-    src.link(&demux).map_err(|e| e.to_string())?;
+        .map_err(GstJobError::assemble)?;
+    src.link(&demux).map_err(GstJobError::assemble)?;
     let (head, sink) = jpeg_tail(&pipeline, codec, decoder)?;
-    let head_pad = head.static_pad("sink").ok_or("parser without sink pad")?;
+    let head_pad = static_pad(&head, "sink")?;
     demux.connect_pad_added(move |_, pad| {
         if !head_pad.is_linked() {
             let _ = pad.link(&head_pad);
@@ -132,56 +136,25 @@ pub fn frame_at(
     let _guard = NullOnDrop(&pipeline);
     pipeline
         .set_state(gst::State::Paused)
-        .map_err(|e| e.to_string())?;
-    let bus = pipeline.bus().ok_or("no bus")?;
-    wait_for(&bus, |m| matches!(m.view(), gst::MessageView::AsyncDone(_)))
-        .map_err(|e| format!("the recording did not open: {e}"))?;
+        .map_err(GstJobError::state("opening the recording"))?;
+    let bus = bus(&pipeline)?;
+    let done = |m: &gst::Message| matches!(m.view(), gst::MessageView::AsyncDone(_));
+    wait_for(&bus, TIMEOUT, "opening the recording", done)?;
     pipeline
         .seek_simple(
             gst::SeekFlags::FLUSH | gst::SeekFlags::ACCURATE,
             gst::ClockTime::from_nseconds(offset.as_nanos() as u64),
         )
-        .map_err(|e| format!("cannot seek in the recording: {e}"))?;
-    wait_for(&bus, |m| matches!(m.view(), gst::MessageView::AsyncDone(_)))
-        .map_err(|e| format!("seek did not complete: {e}"))?;
-    let sample = sink
-        .try_pull_preroll(TIMEOUT)
-        .ok_or_else(|| bus_error(&pipeline, "no frame at that time"))?;
+        .map_err(|e| GstJobError::failed("seeking in the recording", e))?;
+    wait_for(&bus, TIMEOUT, "seeking in the recording", done)?;
+    let sample = sink.try_pull_preroll(TIMEOUT).ok_or_else(|| {
+        bus_error(
+            &pipeline,
+            "decoding the recording",
+            GstJobError::Empty("no frame at that time"),
+        )
+    })?;
     jpeg_bytes(&sample)
-}
-
-/// Waits for a message matching `want`; an error message or the timeout ends the wait.
-pub(super) fn wait_for(bus: &gst::Bus, want: impl Fn(&gst::Message) -> bool) -> Result<(), String> {
-    for msg in bus.iter_timed(TIMEOUT) {
-        if want(&msg) {
-            return Ok(());
-        }
-        if let gst::MessageView::Error(e) = msg.view() {
-            return Err(e.error().to_string());
-        }
-    }
-    Err(format!("no answer within {}s", TIMEOUT.seconds()))
-}
-
-/// The first error on the pipeline's bus, or `fallback`.
-fn bus_error(pipeline: &gst::Pipeline, fallback: &str) -> String {
-    pipeline
-        .bus()
-        .and_then(|b| b.pop_filtered(&[gst::MessageType::Error]))
-        .and_then(|m| match m.view() {
-            gst::MessageView::Error(e) => Some(format!("{fallback}: {}", e.error())),
-            _ => None,
-        })
-        .unwrap_or_else(|| fallback.to_string())
-}
-
-/// Sets a pipeline to `Null` on every exit path.
-pub(super) struct NullOnDrop<'a>(pub &'a gst::Pipeline);
-
-impl Drop for NullOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.set_state(gst::State::Null);
-    }
 }
 
 #[cfg(test)]
