@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::fixtures::{Broker, BrokerSetup, Sub};
 use crate::fixtures::{Daemon, heldar, stderr, stdout};
-use crate::mqtt::{Broker, BrokerSetup, Sub};
-use crate::perception::{Http, token};
+use crate::fixtures::{Http, token};
 
 fn stored(d: &Daemon, id: &str) -> (String, Option<String>) {
     let c = rusqlite::Connection::open(d.dir.path().join("data/heldar.db")).unwrap();

@@ -12,8 +12,8 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use crate::fixtures::{Daemon, heldar, stderr, stdout, wait_for};
-use crate::media::{camera, camera_toml};
-use crate::perception::{Http, token};
+use crate::fixtures::{Http, token};
+use crate::fixtures::{camera, camera_toml};
 
 fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")

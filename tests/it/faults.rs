@@ -14,12 +14,12 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::fixtures::{Daemon, Tmpfs, stdout, wait_for};
-use crate::mqtt::{
+use crate::fixtures::{
     Broker, BrokerSetup, Sub, daemon_with_broker, db, events, outbox, post_batches,
     wait_all_delivered,
 };
-use crate::perception::{Http, token};
+use crate::fixtures::{Daemon, Tmpfs, stdout, wait_for};
+use crate::fixtures::{Http, token};
 
 fn outbox_status(d: &Daemon) -> Value {
     let out = d.cli(&["--json", "outbox", "status"]);

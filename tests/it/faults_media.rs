@@ -8,7 +8,7 @@ use rusqlite::Connection;
 use serde_json::Value;
 
 use crate::fixtures::{Daemon, Tmpfs, stderr, stdout, wait_for};
-use crate::media::{camera, camera_toml, gaps, health, recordings, stop, wait_state, walk};
+use crate::fixtures::{camera, camera_toml, gaps, health, recordings, stop, wait_state, walk};
 
 /// The marker the daemon keeps at the top of its recordings directory: the database's id.
 const MARKER: &str = ".heldar-database-id";
@@ -76,8 +76,8 @@ fn assert_kept(d: &Daemon, before: &[(i64, String, bool)], when: &str) {
 
 /// `heldar_recordings_dir_usable` from `/metrics`.
 fn usable_metric(d: &Daemon) -> Option<i64> {
-    let http = crate::perception::Http::new(d);
-    let viewer = crate::perception::token(d, "viewer");
+    let http = crate::fixtures::Http::new(d);
+    let viewer = crate::fixtures::token(d, "viewer");
     let text = String::from_utf8(http.get("/metrics", Some(&viewer)).body).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("heldar_recordings_dir_usable "))

@@ -12,7 +12,7 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use serde_json::Value;
 
 use crate::fixtures::{Daemon, heldar_command, stderr, wait_for};
-use crate::media::{camera, camera_toml};
+use crate::fixtures::{camera, camera_toml};
 
 /// The daemon's descriptor limit: what an unconfigured service gets, and below the sockets opened.
 const DAEMON_NOFILE: u64 = 1024;

@@ -3,6 +3,7 @@
 mod camera_secrets;
 mod cli_golden;
 mod config;
+mod config_doc;
 mod daemon;
 mod durability;
 mod faults;
@@ -19,4 +20,5 @@ mod retention;
 mod serial;
 mod ship;
 mod store;
+mod tidy;
 mod zones;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::fixtures::{Daemon, heldar_bin, stderr, stdout, wait_for};
-use crate::media::{camera, camera_toml};
-use crate::perception::{Http, token};
+use crate::fixtures::{Http, token};
+use crate::fixtures::{camera, camera_toml};
 
 const ROLES: [&str; 4] = ["viewer", "operator", "admin", "worker"];
 const VIEW: &[&str] = &["viewer", "operator"];

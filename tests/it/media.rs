@@ -4,103 +4,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use heldar_edge::media::probe::probe_segment;
-use heldar_edge::media::synthetic::{SyntheticCamera, SyntheticSpec};
 use nix::sys::signal::Signal;
-use rusqlite::Connection;
 use serde_json::Value;
 
-use crate::fixtures::{Daemon, stderr, wait_for};
-
-/// A small, fast camera: 320x240, 15 fps, one keyframe per second.
-pub fn camera() -> SyntheticCamera {
-    let spec = SyntheticSpec {
-        width: 320,
-        height: 240,
-        fps: 15,
-        gop_frames: 15,
-        bitrate_kbps: 300,
-    };
-    SyntheticCamera::start(spec, 0)
-        .expect("synthetic camera (gstreamer1.0-rtsp, gstreamer1.0-plugins-ugly)")
-}
-
-pub fn camera_toml(id: &str, url: &str, segment_seconds: u32) -> String {
-    format!("[[cameras]]\nid = \"{id}\"\nurl = \"{url}\"\nsegment_seconds = {segment_seconds}\n")
-}
-
-#[derive(Debug, Clone)]
-pub struct Row {
-    pub start_ms: i64,
-    pub end_ms: i64,
-    pub path: String,
-    pub bytes: i64,
-    pub recovered: bool,
-}
-
-pub fn segments(d: &Daemon, camera: &str) -> Vec<Row> {
-    let db = d.dir.path().join("data/heldar.db");
-    let c = Connection::open(db).unwrap();
-    let mut stmt = c
-        .prepare("SELECT start_ms, end_ms, path, bytes, recovered FROM segments WHERE camera_id = ?1 ORDER BY start_ms")
-        .unwrap();
-    stmt.query_map([camera], |r| {
-        Ok(Row {
-            start_ms: r.get(0)?,
-            end_ms: r.get(1)?,
-            path: r.get(2)?,
-            bytes: r.get(3)?,
-            recovered: r.get(4)?,
-        })
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
-
-pub fn gaps(d: &Daemon, camera: &str) -> Vec<(i64, i64, String)> {
-    let c = Connection::open(d.dir.path().join("data/heldar.db")).unwrap();
-    let mut stmt = c
-        .prepare("SELECT start_ms, end_ms, reason FROM gaps WHERE camera_id = ?1 ORDER BY start_ms")
-        .unwrap();
-    stmt.query_map([camera], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
-pub fn health(d: &Daemon, camera: &str) -> Option<Value> {
-    let out = d.cli(&["--json", "cameras", "list"]);
-    let list: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
-    list.into_iter()
-        .find(|c| c["id"] == camera)
-        .map(|c| c["health"].clone())
-}
-
-pub fn state(d: &Daemon, camera: &str) -> String {
-    health(d, camera)
-        .and_then(|h| h["state"].as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-pub fn wait_state(d: &Daemon, camera: &str, want: &str, timeout: Duration) {
-    wait_for(timeout, || (state(d, camera) == want).then_some(())).unwrap_or_else(|| {
-        panic!(
-            "camera {camera} never became {want} (is {}); log:\n{}",
-            state(d, camera),
-            d.log()
-        )
-    });
-}
-
-pub fn stop(d: &mut Daemon) {
-    d.signal(Signal::SIGTERM);
-    let status = d.wait_exit(Duration::from_secs(15)).expect("daemon stops");
-    assert!(status.success(), "log:\n{}", d.log());
-}
-
-pub fn recordings(d: &Daemon) -> std::path::PathBuf {
-    d.dir.path().join("data/recordings")
-}
+use crate::fixtures::*;
 
 #[test]
 fn records_contiguous_keyframe_aligned_segments() {
@@ -493,20 +400,4 @@ fn jpeg_size(bytes: &[u8]) -> Option<(u16, u16)> {
         i += 2 + len;
     }
     None
-}
-
-pub fn walk(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(format!(
-                "{} {}",
-                e.path().display(),
-                e.metadata().map(|m| m.len()).unwrap_or(0)
-            ));
-        }
-    }
-    out
 }

@@ -9,9 +9,9 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 use serde_json::json;
 
+use crate::fixtures::{Broker, BrokerSetup, CAMERA, Sub, daemon_with_broker, db};
 use crate::fixtures::{Daemon, wait_for};
-use crate::mqtt::{Broker, BrokerSetup, CAMERA, Sub, daemon_with_broker, db};
-use crate::perception::{Http, token};
+use crate::fixtures::{Http, token};
 
 const DAY_MS: i64 = 86_400_000;
 

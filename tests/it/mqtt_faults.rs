@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::fixtures::{Daemon, wait_for};
-use crate::mqtt::{
+use crate::fixtures::{
     Broker, BrokerSetup, Sub, daemon_with_broker, events, outbox, post_batches, uplink_cursor,
     wait_all_delivered,
 };
-use crate::perception::{Http, token};
+use crate::fixtures::{Daemon, wait_for};
+use crate::fixtures::{Http, token};
 
 /// The uplink's packet-id window (`uplink::WINDOW`): rumqttc hands out ids 1..=256.
 const WINDOW: usize = 256;

@@ -11,7 +11,7 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
 use crate::fixtures::{Daemon, stderr, stdout, wait_for};
-use crate::perception::{Http, token};
+use crate::fixtures::{Http, token};
 
 /// A socat pty pair with stable names `<dir>/a` (the daemon's) and `<dir>/b` (the peer's).
 struct PtyPair {
@@ -524,7 +524,7 @@ fn a_zone_enter_rule_pulses_the_relay_exactly_once_per_event_across_sigkill() {
 
 #[test]
 fn relay_and_ptz_commands_over_mqtt_reach_the_devices_and_are_answered() {
-    use crate::mqtt::{Broker, BrokerSetup, Sub};
+    use crate::fixtures::{Broker, BrokerSetup, Sub};
     let broker = Broker::start(BrokerSetup::default());
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("io")).unwrap();

@@ -8,8 +8,8 @@ use rand::Rng;
 use serde_json::{Value, json};
 
 use crate::fixtures::{Daemon, wait_for};
-use crate::media::{camera, camera_toml};
-use crate::perception::{Http, motion_worker, token};
+use crate::fixtures::{Http, motion_worker, token};
+use crate::fixtures::{camera, camera_toml};
 
 /// Two regions, a line between them, a dwell on the right.
 const ZONES: &str = "[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/none\"\nrecord = false\n\
