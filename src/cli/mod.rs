@@ -10,6 +10,7 @@ mod client;
 mod demo;
 mod events;
 mod io;
+mod keys;
 mod recordings;
 mod render;
 mod zones;
@@ -33,7 +34,7 @@ const DEFAULT_CONFIG: &str = "/etc/heldar/heldar.toml";
     about = "Heldar Edge: the NVR box agent and its maintenance CLI"
 )]
 struct Cli {
-    /// Control socket of the daemon [default: control.socket of the config, /run/heldar/heldar.sock]
+    /// Control socket of the daemon (the packaged `control.socket`) [default: /run/heldar/heldar.sock]
     #[arg(long, global = true, env = "HELDAR_SOCKET", value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Machine-readable output.
@@ -120,6 +121,13 @@ enum Command {
         #[command(subcommand)]
         action: io::PtzAction,
     },
+    /// Signing keys for config changes and commands over MQTT (mqtt.command_keys).
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
+    /// Wrap an MQTT config change or command in a signed envelope, printed for mosquitto_pub -m.
+    Sign(keys::SignArgs),
     /// Who changed what, newest first (HTTP, CLI and MQTT changes alike).
     Audit {
         /// How many entries.
@@ -320,6 +328,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Ptz { camera, action } => {
             io::ptz(&camera, action, client::Client::new(cli.socket), cli.json)
         }
+        Command::Keys { command } => keys::keys(command),
+        Command::Sign(args) => keys::sign(args),
         Command::Audit { limit } => events::audit(client::Client::new(cli.socket), limit, cli.json),
         Command::Events {
             command:

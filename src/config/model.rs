@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::command_key::CommandKey;
 use super::secret::Secret;
 use super::units::{ByteSize, Duration};
 
@@ -169,6 +170,10 @@ pub struct MqttConfig {
     /// Accept `config/.../set` and `.../delete` topics; off makes the box read-only over MQTT.
     #[serde(default = "yes")]
     pub config_topics: bool,
+    /// Public keys allowed to sign config changes and commands; when any is set, unsigned ones
+    /// are refused, because a LAN broker is often open to anyone who can reach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command_keys: Vec<CommandKey>,
     #[serde(default = "default_keep_alive")]
     pub keep_alive: Duration,
     /// Label topics (`cameras/<cam>/<label>`, and their Home Assistant sensors) kept per camera:

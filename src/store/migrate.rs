@@ -77,6 +77,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0011_owner_cascades",
         sql: include_str!("../../migrations/0011_owner_cascades.sql"),
     },
+    Migration {
+        version: 12,
+        name: "0012_command_counters",
+        sql: include_str!("../../migrations/0012_command_counters.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

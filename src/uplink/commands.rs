@@ -11,8 +11,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::session::{Inbound, Link, Stopping, Tag};
+use super::signed;
 use super::state::StateNudge;
 use crate::audit::{self, AuditEntry};
+use crate::config::command_key::CommandKey;
 use crate::config::rules::RelayOp;
 use crate::media::Media;
 use crate::registry::{ConfigKind, ConfigOp, Refusal, Registry, Toggle, requests};
@@ -27,6 +29,10 @@ pub struct Commands {
     pub root: String,
     pub discovery_prefix: Option<String>,
     pub config_topics: bool,
+    /// The box's device id, which every signed command must name.
+    pub device_id: String,
+    /// `mqtt.command_keys`: when any is set, changes and commands must be signed by one.
+    pub command_keys: Vec<CommandKey>,
     pub registry: Registry,
     pub media: Media,
     /// For the audit trail of changes made over MQTT.
@@ -111,49 +117,109 @@ impl Commands {
             return Ok(());
         };
         let levels: Vec<&str> = rest.split('/').collect();
-        if levels.first() == Some(&"cmd") || levels.first() == Some(&"cameras") {
-            // A retained command would fire again at every reconnect (a door strike opening
-            // each time the link flaps): commands count only when sent.
-            if m.retain {
-                tracing::warn!(topic = %m.topic, "ignoring a retained command; publish commands without retain");
-                return Ok(());
-            }
+        if m.retain && matches!(levels.first(), Some(&("cmd" | "cameras" | "config"))) {
+            // A retained command or change would fire again at every reconnect (a door strike
+            // opening each time the link flaps, a config version bumped per connect): they count
+            // only when sent.
+            tracing::warn!(topic = %m.topic, "ignoring a retained command; publish commands and config changes without retain");
+            return Ok(());
         }
-        if levels.first() == Some(&"cmd")
-            && !self.config_topics
-            && levels.get(1) != Some(&"snapshot")
-        {
+        let is_change = match levels.first() {
+            Some(&"cmd") => levels.get(1) != Some(&"snapshot"),
+            Some(&("config" | "cameras")) => true,
+            _ => false,
+        };
+        if is_change && !self.config_topics {
             let answer = Answer {
                 request_id: request_id(&m.payload),
                 kind: levels.get(1).copied().unwrap_or("cmd").to_string(),
                 id: levels.get(2).copied().unwrap_or_default().to_string(),
                 outcome: Err(Refusal::new(
                     "disabled",
-                    "commands over MQTT are disabled on this box (mqtt.config_topics = false)",
+                    "config and commands over MQTT are disabled on this box (mqtt.config_topics = false)",
                 )),
             };
-            return self.answer(answer, shutdown).await;
+            return self
+                .audit_and_answer(&m.topic, rest, answer, shutdown)
+                .await;
+        }
+        let mut payload = m.payload;
+        if !self.command_keys.is_empty() && (is_change || levels.first() == Some(&"cmd")) {
+            match self.unwrap_signed(&m.topic, &payload).await {
+                Ok(inner) => payload = inner,
+                Err(refusal) => {
+                    tracing::warn!(topic = %m.topic, code = refusal.code, error = %refusal.message, "refused a command that is not signed by a key of this box");
+                    let answer = Answer {
+                        request_id: Value::Null,
+                        kind: levels.get(1).copied().unwrap_or("cmd").to_string(),
+                        id: levels.get(2).copied().unwrap_or_default().to_string(),
+                        outcome: Err(refusal),
+                    };
+                    return self
+                        .audit_and_answer(&m.topic, rest, answer, shutdown)
+                        .await;
+                }
+            }
         }
         let answer = match levels.as_slice() {
             ["config", kind, id, op @ ("set" | "delete")] => {
-                self.config(kind, id, op, &m.payload).await
+                self.config(kind, id, op, &payload).await
             }
-            ["cameras", camera, toggle, "set"] => self.toggle(camera, toggle, &m.payload).await,
+            ["cameras", camera, toggle, "set"] => self.toggle(camera, toggle, &payload).await,
             ["cmd", "snapshot", camera] => return self.snapshot(camera, shutdown).await,
-            ["cmd", "relay", n, "set"] => self.relay(n, &m.payload).await,
-            ["cmd", "ptz", camera] => self.ptz(camera, &m.payload).await,
+            ["cmd", "relay", n, "set"] => self.relay(n, &payload).await,
+            ["cmd", "ptz", camera] => self.ptz(camera, &payload).await,
             _ => {
                 tracing::debug!(topic = %m.topic, "ignoring a message on an unknown topic");
                 return Ok(());
             }
         };
+        self.audit_and_answer(&m.topic, rest, answer, shutdown)
+            .await
+    }
+
+    /// The payload inside a signed envelope, once its signature holds and its counter has been
+    /// stored as used.
+    async fn unwrap_signed(&self, topic: &str, raw: &[u8]) -> Result<Vec<u8>, Refusal> {
+        if raw.len() > MAX_PAYLOAD {
+            return Err(Refusal::new(
+                "too_large",
+                format!(
+                    "payload of {} bytes is over the limit of {MAX_PAYLOAD}",
+                    raw.len()
+                ),
+            ));
+        }
+        let refused = |r: signed::Refused| Refusal::new(r.code(), r.to_string());
+        let verified =
+            signed::verify(&self.command_keys, &self.device_id, topic, raw).map_err(refused)?;
+        let (key, counter) = (verified.key.clone(), verified.counter);
+        let accepted = self
+            .store
+            .write(move |c| {
+                Ok::<_, crate::store::StoreError>(signed::accept_counter(c, &key, counter)?)
+            })
+            .await
+            .map_err(|e| Refusal::new("unavailable", format!("cannot record the counter: {e}")))?;
+        accepted.map_err(refused)?;
+        Ok(verified.payload)
+    }
+
+    /// Every change and command, applied or refused, leaves an audit row before it is answered.
+    async fn audit_and_answer(
+        &self,
+        topic: &str,
+        rest: &str,
+        answer: Answer,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Stopping> {
         audit::append(
             &self.store,
             AuditEntry {
                 id: 0,
                 at_ms: chrono::Utc::now().timestamp_millis(),
                 actor: "mqtt".into(),
-                source: m.topic.clone(),
+                source: topic.to_string(),
                 action: format!("mqtt {rest}"),
                 status: if answer.outcome.is_ok() { 200 } else { 400 },
                 detail: answer.outcome.as_ref().err().map(|r| r.message.clone()),
@@ -187,12 +253,6 @@ impl Commands {
         op: &str,
         payload: &[u8],
     ) -> Result<Option<Value>, Refusal> {
-        if !self.config_topics {
-            return Err(Refusal::new(
-                "disabled",
-                "config over MQTT is disabled on this box (mqtt.config_topics = false)",
-            ));
-        }
         if payload.len() > MAX_PAYLOAD {
             return Err(Refusal::new(
                 "too_large",

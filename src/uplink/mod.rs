@@ -13,6 +13,7 @@ mod commands;
 pub mod discovery;
 pub mod events;
 pub mod session;
+pub mod signed;
 mod state;
 
 use std::sync::{Arc, Mutex};
@@ -153,6 +154,8 @@ impl Uplink {
             root,
             discovery_prefix,
             config_topics: self.config.config_topics,
+            device_id: self.deps.device_id.clone(),
+            command_keys: self.config.command_keys.clone(),
             registry: self.deps.registry,
             media: self.deps.media,
             store: self.deps.store,

@@ -19,6 +19,7 @@ mod perception;
 mod retention;
 mod serial;
 mod ship;
+mod signed_commands;
 mod store;
 mod tidy;
 mod zones;

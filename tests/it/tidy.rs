@@ -12,6 +12,7 @@ const TABLE_OWNERS: &[(&str, &str)] = &[
     ("audit_retention", "audit"),
     ("boots", "store"),
     ("camera_health", "media"),
+    ("command_counters", "uplink"),
     ("cameras", "registry"),
     ("consumer_cursors", "outbox"),
     ("counters", "outbox"),
