@@ -210,20 +210,6 @@ fn sigkill_mid_segment_leaves_a_playable_indexed_segment() {
     );
 }
 
-/// Runs GStreamer's discoverer on a file.
-fn discover(path: &Path) -> Result<(), String> {
-    use gstreamer_pbutils::Discoverer;
-    gstreamer::init().unwrap();
-    let discoverer =
-        Discoverer::new(gstreamer::ClockTime::from_seconds(10)).map_err(|e| e.to_string())?;
-    let uri = format!("file://{}", path.display());
-    let info = discoverer.discover_uri(&uri).map_err(|e| e.to_string())?;
-    if info.video_streams().is_empty() {
-        return Err("no video stream".into());
-    }
-    Ok(())
-}
-
 #[test]
 fn cameras_come_and_go_at_runtime_without_disturbing_others() {
     let cam = camera();

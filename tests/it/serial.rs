@@ -2,124 +2,15 @@
 //! daemon on one end; on the other an independent Modbus RTU slave (Debian's pymodbus), a
 //! Pelco-D listener, or the test itself playing a broken slave.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::io::{Read, Write};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
-use crate::fixtures::{Daemon, stderr, stdout, wait_for};
+use crate::fixtures::{Daemon, PtyPair, Slave, io_toml, stderr, stdout, wait_for};
 use crate::fixtures::{Http, token};
-
-/// A socat pty pair with stable names `<dir>/a` (the daemon's) and `<dir>/b` (the peer's).
-struct PtyPair {
-    child: Child,
-    a: PathBuf,
-    b: PathBuf,
-}
-
-impl PtyPair {
-    fn start(dir: &Path) -> PtyPair {
-        let (a, b) = (dir.join("a"), dir.join("b"));
-        let _ = std::fs::remove_file(&a);
-        let _ = std::fs::remove_file(&b);
-        let child = Command::new("socat")
-            .arg("-d")
-            .arg(format!("pty,raw,echo=0,link={}", a.display()))
-            .arg(format!("pty,raw,echo=0,link={}", b.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("socat (apt install socat)");
-        wait_for(Duration::from_secs(10), || {
-            (a.exists() && b.exists()).then_some(())
-        })
-        .expect("socat made the pty pair");
-        PtyPair { child, a, b }
-    }
-
-    /// Like unplugging an adapter: the device names go too. (Left behind, a dangling link would
-    /// point at a pts number the kernel hands to the next pty, maybe another test's.)
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.a);
-        let _ = std::fs::remove_file(&self.b);
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The pymodbus slave, driven over its stdin.
-struct Slave {
-    child: Child,
-    input: ChildStdin,
-    output: BufReader<ChildStdout>,
-}
-
-impl Slave {
-    fn start(port: &Path, inputs: u16, relays: u16) -> Slave {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/support/modbus_slave.py");
-        let mut child = Command::new("/usr/bin/python3")
-            .arg(script)
-            .arg(port)
-            .args(["1", &inputs.to_string(), &relays.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 with python3-pymodbus");
-        let input = child.stdin.take().unwrap();
-        let mut output = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        assert_eq!(line.trim(), "ready", "the slave did not start");
-        Slave {
-            child,
-            input,
-            output,
-        }
-    }
-
-    fn ask(&mut self, command: &str) -> String {
-        writeln!(self.input, "{command}").unwrap();
-        let mut line = String::new();
-        self.output.read_line(&mut line).unwrap();
-        line.trim().to_string()
-    }
-
-    fn set_input(&mut self, n: u16, on: bool) {
-        assert_eq!(self.ask(&format!("di {n} {}", u8::from(on))), "ok");
-    }
-
-    fn coils(&mut self) -> Vec<bool> {
-        let line = self.ask("coils");
-        line.split_whitespace().skip(1).map(|b| b == "1").collect()
-    }
-}
-
-impl Drop for Slave {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn io_toml(device: &Path, extra: &str) -> String {
-    format!(
-        "[[serial]]\nname = \"io\"\ndevice = \"{}\"\nprotocol = \"modbus-rtu\"\nunit = 1\n\
-         inputs = 4\nrelays = 4\npoll_interval = \"50ms\"\ndebounce = \"300ms\"\n\
-         response_timeout = \"200ms\"\ninput_names = [\"front door\", \"hall pir\", \"gate\"]\n\
-         rs485 = {{ turnaround = \"2ms\" }}\n{extra}",
-        device.display()
-    )
-}
 
 fn io_status(d: &Daemon) -> Value {
     let out = d.cli(&["--json", "io", "status"]);
