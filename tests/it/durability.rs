@@ -248,28 +248,15 @@ fn acknowledged_batches_survive_sigkill() {
 /// Posts batches with unique frame ids until told to stop or the daemon dies; returns the frame
 /// ids that got a 2xx.
 fn post_until_stopped(base: &str, round: usize, conn: usize, stop: &AtomicBool) -> Vec<String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut acked = Vec::new();
-    for n in 0.. {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
+    crate::fixtures::post_until_gone(base, None, stop, |n| {
         let frame_id = format!("r{round}-c{conn}-{n}");
         let detections: Vec<_> =
             (0..10).map(|i| json!({"label": "person", "confidence": 0.9, "bbox": [0.1, 0.1, 0.2, 0.2], "track_id": i.to_string()})).collect();
         let body = json!({"camera_id": "gate", "task_type": "detect", "frame_id": frame_id, "detections": detections});
-        match agent
-            .post(format!("{base}/api/v1/ai/events"))
-            .send_json(&body)
-        {
-            Ok(r) if r.status().is_success() => acked.push(frame_id),
-            Ok(_) => {}
-            Err(_) => break,
-        }
-    }
-    acked
+        (frame_id, body)
+    })
+    .into_iter()
+    .filter(|(_, status)| (200..300).contains(status))
+    .map(|(frame_id, _)| frame_id)
+    .collect()
 }
