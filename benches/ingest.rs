@@ -5,7 +5,8 @@
 //! stream decoding keyframes only (0.5 fps on a 2 s GOP) against a full decode (5 fps).
 //!
 //! Run: `cargo bench --bench ingest` (HELDAR_BENCH_SECS sets each span, default 10; the sampler
-//! lines take 3 × 30 s).
+//! lines take 3 × 30 s). `cargo bench --bench ingest -- posts` (or `frames`, `sampler`) runs one
+//! part.
 
 mod common;
 
@@ -35,24 +36,44 @@ fn main() {
         .map(Into::into)
         .unwrap_or_else(std::env::temp_dir);
     let scratch = tempfile::tempdir_in(&base).unwrap();
+    let parts: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let run = |part: &str| parts.is_empty() || parts.iter().any(|p| p == part);
     println!("ingest benchmark in {} ({secs}s per line)", base.display());
-    let limit = raw_sqlite(scratch.path(), "raw.db", 100, span);
+    if run("posts") {
+        posts(scratch.path(), span);
+    }
+    if run("frames") {
+        frames(scratch.path(), span);
+    }
+    if run("sampler") {
+        sampler_cpu(scratch.path());
+    }
+}
+
+/// Batches through the ingest endpoint at 1, 8 and 64 clients, beside the raw SQLite limit.
+fn posts(base: &std::path::Path, span: Duration) {
+    let limit = raw_sqlite(base, "raw.db", 100, span);
     println!(
         "{:<46} {:>12.0} rows/s",
         "raw SQLite FULL, 100 rows per transaction", limit
     );
 
     let daemon = Daemon::start(
-        scratch.path(),
+        base,
         "[http]\nlisten = \"127.0.0.1:0\"\nauth = false\n[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/x\"\nrecord = false\n",
     );
     let url = daemon.http();
     println!(
-        "{:<22} {:>12} {:>10} {:>9} {:>9}",
-        "clients", "detections/s", "batches/s", "p50 ms", "p99 ms"
+        "{:<22} {:>12} {:>10} {:>9} {:>9} {:>13}",
+        "clients", "detections/s", "batches/s", "p50 ms", "p99 ms", "CPU ms/batch"
     );
     for clients in [1usize, 8, 64] {
+        let cpu0 = cpu_seconds(daemon.pid());
         let (batches, mut latencies) = post_for(&url, clients, span);
+        let cpu_ms = (cpu_seconds(daemon.pid()) - cpu0) * 1000.0 / batches.max(1) as f64;
         latencies.sort_by(f64::total_cmp);
         let pct = |p: f64| {
             latencies
@@ -62,19 +83,16 @@ fn main() {
         };
         let per_s = batches as f64 / span.as_secs_f64();
         println!(
-            "{:<22} {:>12.0} {:>10.0} {:>9.1} {:>9.1}   {:.0}% of the SQLite limit",
+            "{:<22} {:>12.0} {:>10.0} {:>9.1} {:>9.1} {:>13.3}   {:.0}% of the SQLite limit",
             format!("{clients} HTTP clients"),
             per_s * 10.0,
             per_s,
             pct(0.5),
             pct(0.99),
+            cpu_ms,
             100.0 * per_s * 10.0 / limit
         );
     }
-    drop(daemon);
-
-    frames(scratch.path(), span);
-    sampler_cpu(scratch.path());
 }
 
 /// Posts 10-detection batches from `clients` threads for `span`; returns batches acknowledged

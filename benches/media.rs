@@ -15,7 +15,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Daemon, cpu_seconds, peak_rss_mib};
+use common::{Daemon, cpu_seconds, cpu_seconds_of_task, peak_rss_mib};
 use heldar_edge::media::synthetic::{SyntheticCamera, SyntheticSpec};
 
 fn main() {
@@ -57,13 +57,16 @@ fn main() {
         .stdout(Stdio::null())
         .spawn()
         .expect("ffmpeg (apt install ffmpeg)");
+    let threads_before = thread_cpu(heldar.pid());
     let (h, f) = measure([heldar.pid(), ffmpeg.id()], secs);
+    let threads_after = thread_cpu(heldar.pid());
     println!("{:<44} {:>14.2} {:>14.1}", "heldar run, 1 camera", h.0, h.1);
     println!(
         "{:<44} {:>14.2} {:>14.1}",
         "ffmpeg -c copy -f segment, 1 camera", f.0, f.1
     );
     println!("{:<44} {:>14.2}", "heldar / ffmpeg CPU", h.0 / f.0);
+    print_threads(&threads_before, &threads_after, secs);
     drop(heldar);
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
@@ -76,6 +79,45 @@ fn main() {
         "heldar run, 8 cameras (whole daemon)", e.0, e.1
     );
     drop(eight);
+}
+
+/// CPU seconds per thread name of a process (threads of one name summed).
+fn thread_cpu(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        *by_name.entry(name.trim().to_string()).or_insert(0.0) += cpu_seconds_of_task(pid, tid);
+    }
+    by_name
+}
+
+/// The heldar threads that spent CPU in the measured span, per minute of stream.
+fn print_threads(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    secs: u64,
+) {
+    let mut spent: Vec<(String, f64)> = after
+        .iter()
+        .map(|(name, t)| {
+            (
+                name.clone(),
+                (t - before.get(name).unwrap_or(&0.0)) * 60.0 / secs as f64,
+            )
+        })
+        .filter(|(_, t)| *t > 0.005)
+        .collect();
+    spent.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (name, per_min) in spent {
+        println!("{:<44} {per_min:>14.2}", format!("  heldar thread {name}"));
+    }
 }
 
 /// Config for cameras recording `urls` in 10 s segments.

@@ -45,6 +45,26 @@ pub struct StoreFault {
     pub kind: &'static str,
 }
 
+/// What the bytes written to the disk were for, as a label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DiskWrite {
+    /// `wal` (frames appended to the database's write-ahead log), `db` (pages checkpointed
+    /// into the database file) or `segments` (recorded video files).
+    pub kind: &'static str,
+}
+
+/// Bytes written since start, for `heldar status`: what wears the flash, and by what.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DiskWrites {
+    pub wal: u64,
+    pub db: u64,
+    pub segments: u64,
+    /// Everything the process wrote, as the kernel counts it (`write_bytes` of `/proc/self/io`;
+    /// logs to the journal are not in it); absent where the kernel does not keep the count.
+    #[serde(default)]
+    pub process: Option<u64>,
+}
+
 /// The process-wide instruments.
 pub struct Instruments {
     pub ingest_requests: Family<IngestOutcome, Counter>,
@@ -56,6 +76,7 @@ pub struct Instruments {
     pub consumer_failures: Family<ConsumerFailure, Counter>,
     pub metadata_deletes: Family<MetadataDeleted, Counter>,
     pub store_faults: Family<StoreFault, Counter>,
+    pub disk_writes: Family<DiskWrite, Counter>,
 }
 
 /// Latency buckets from 0.5 ms to about 8 s: commits on flash take milliseconds, a stalled
@@ -74,6 +95,7 @@ pub static INSTRUMENTS: LazyLock<Instruments> = LazyLock::new(|| Instruments {
     consumer_failures: Family::default(),
     metadata_deletes: Family::default(),
     store_faults: Family::default(),
+    disk_writes: Family::default(),
 });
 
 impl Instruments {
@@ -107,6 +129,34 @@ impl Instruments {
         self.store_faults.get_or_create(&StoreFault { kind }).inc();
     }
 
+    /// Counts bytes handed to the kernel for the disk; flash wears by them.
+    pub fn disk_written(&self, kind: &'static str, bytes: u64) {
+        self.disk_writes
+            .get_or_create(&DiskWrite { kind })
+            .inc_by(bytes);
+    }
+
+    /// Bytes written so far for `kind` (`wal`, `db` or `segments`).
+    pub fn disk_writes_of(&self, kind: &'static str) -> u64 {
+        self.disk_writes.get_or_create(&DiskWrite { kind }).get()
+    }
+
+    pub fn disk_writes(&self) -> DiskWrites {
+        let process = std::fs::read_to_string("/proc/self/io")
+            .ok()
+            .and_then(|io| {
+                io.lines()
+                    .find_map(|l| l.strip_prefix("write_bytes:"))
+                    .and_then(|v| v.trim().parse().ok())
+            });
+        DiskWrites {
+            wal: self.disk_writes_of("wal"),
+            db: self.disk_writes_of("db"),
+            segments: self.disk_writes_of("segments"),
+            process,
+        }
+    }
+
     /// Adds the instruments to a scrape's registry. The metrics are shared handles, so the
     /// scrape reads the live values.
     pub fn register(&self, registry: &mut Registry) {
@@ -119,6 +169,12 @@ impl Instruments {
             "heldar_store_faults",
             "Database errors caused by the disk or the file: full, failed or read-only, corrupt",
             self.store_faults.clone(),
+        );
+        registry.register_with_unit(
+            "heldar_disk_write",
+            "Bytes this process wrote for the disk, by what they were for (wal, db, segments)",
+            Unit::Bytes,
+            self.disk_writes.clone(),
         );
         registry.register(
             "heldar_metadata_deleted",

@@ -44,7 +44,16 @@ pub fn raw_sqlite(dir: &Path, name: &str, rows_per_tx: usize, span: Duration) ->
 
 /// utime + stime of a process, in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_of_stat(&format!("/proc/{pid}/stat"))
+}
+
+/// utime + stime of one thread of a process, in seconds.
+pub fn cpu_seconds_of_task(pid: u32, tid: u32) -> f64 {
+    cpu_of_stat(&format!("/proc/{pid}/task/{tid}/stat"))
+}
+
+fn cpu_of_stat(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
         .next()
@@ -114,18 +123,25 @@ impl Daemon {
     pub fn http(&self) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = Command::new(env!("CARGO_BIN_EXE_heldar"))
-                .arg("--socket")
-                .arg(self.dir.path().join("heldar.sock"))
-                .args(["--json", "status"])
-                .output()
-                .unwrap();
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-                return format!("http://{}", v["http_listen"].as_str().unwrap());
+            let status = self.status();
+            if let Some(listen) = status["http_listen"].as_str() {
+                return format!("http://{listen}");
             }
             assert!(Instant::now() < deadline, "daemon did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// `heldar --json status` over the control socket; `Null` until the daemon answers.
+    pub fn status(&self) -> serde_json::Value {
+        Command::new(env!("CARGO_BIN_EXE_heldar"))
+            .arg("--socket")
+            .arg(self.dir.path().join("heldar.sock"))
+            .args(["--json", "status"])
+            .output()
+            .ok()
+            .and_then(|out| serde_json::from_slice(&out.stdout).ok())
+            .unwrap_or_default()
     }
 
     pub fn pid(&self) -> u32 {

@@ -15,6 +15,7 @@ use crate::auth::{Principal, Role};
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 use crate::media::retention::DiskUsage;
 use crate::media::{CameraHealth, CameraState, RecordingsStatus};
+use crate::metrics::{DiskWrites, INSTRUMENTS};
 use crate::outbox::OutboxStatus;
 use crate::perception::sampler::SamplerStatus;
 use crate::recent_logs::LogLine;
@@ -62,6 +63,9 @@ pub struct SystemStatus {
     /// Whether the recordings directory is in use; absent from a daemon older than the marker.
     #[serde(default)]
     pub recordings: Option<RecordingsStatus>,
+    /// Bytes written since start; absent from a daemon older than the meter.
+    #[serde(default)]
+    pub disk_writes: Option<DiskWrites>,
 }
 
 pub(super) async fn status(
@@ -87,6 +91,7 @@ pub(super) async fn status(
         disk: state.media.disk(),
         serial: state.serial.status().ports,
         recordings: Some(state.media.recordings()),
+        disk_writes: Some(INSTRUMENTS.disk_writes()),
     }))
 }
 

@@ -52,6 +52,23 @@ pub fn status(s: &SystemStatus) -> String {
         st.largest_group,
         st.last_commit_us as f64 / 1000.0
     );
+    if let Some(w) = &s.disk_writes {
+        let per_day = |b: u64| bytes(b * 86_400 / s.uptime_s.max(1));
+        let process = w
+            .process
+            .map(|p| format!(", process {}", bytes(p)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<10} WAL {}, database {}, segments {}{process} since start (at this rate: metadata {}/day, segments {}/day)",
+            "written",
+            bytes(w.wal),
+            bytes(w.db),
+            bytes(w.segments),
+            per_day(w.wal + w.db),
+            per_day(w.segments)
+        );
+    }
     if let Some(f) = &st.last_fault {
         let ongoing = st.last_commit_at_ms.is_none_or(|c| c < f.at_ms);
         let _ = writeln!(

@@ -33,6 +33,7 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttConfig>,
     pub outbox: OutboxConfig,
+    pub database: DatabaseConfig,
     pub retention: RetentionConfig,
     pub recording: RecordingConfig,
     pub media: MediaConfig,
@@ -67,6 +68,7 @@ impl Default for Config {
             sampler: SamplerConfig::default(),
             workers: WorkersConfig::default(),
             limits: LimitsConfig::default(),
+            database: DatabaseConfig::default(),
             cameras: Vec::new(),
             tasks: Vec::new(),
             zones: Vec::new(),
@@ -219,6 +221,17 @@ impl Default for OutboxConfig {
             max_age: Duration::from_secs(7 * 86_400),
         }
     }
+}
+
+/// How the database spends the flash.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// How long the writer waits after a write arrives before it commits, so the writes of that
+    /// span share one commit and its fsync. Every 4 KiB page a commit touches is written to the
+    /// WAL again, so fewer commits write fewer bytes, at the cost of this much more latency per
+    /// answer. Zero (the default) commits at once.
+    pub commit_linger: Duration,
 }
 
 /// Bounds on what the box keeps besides footage and the outbox: without them a year of

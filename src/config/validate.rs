@@ -152,6 +152,15 @@ impl Validator {
         if c.control.group.trim().is_empty() {
             self.fail("control.group", "must not be empty");
         }
+        if c.database.commit_linger.get() > std::time::Duration::from_secs(1) {
+            self.fail(
+                "database.commit_linger",
+                format!(
+                    "must be at most 1s (every answer waits this long), got {}",
+                    c.database.commit_linger
+                ),
+            );
+        }
         if c.outbox.max_bytes.bytes() < 1 << 20 {
             self.fail(
                 "outbox.max_bytes",

@@ -75,6 +75,7 @@ pub async fn run(
 
     let db = store::db_path(&config.data_dir);
     let store = tokio::task::spawn_blocking(move || Store::open(&db)).await??;
+    store.set_commit_linger(config.database.commit_linger.get());
     let (boot, history) = store.record_boot().await?;
     let registry = Registry::open(store.clone(), &config).await?;
     let media = Media::new(store.clone(), registry.clone(), &config, boot.started_at_ms);

@@ -31,6 +31,7 @@ use super::recdir::{create_dirs_durably, sync_segment};
 use super::reconcile::start_from_name;
 use crate::config::model::StreamProfile;
 use crate::config::secret::redact_url;
+use crate::metrics::INSTRUMENTS;
 use crate::registry::Camera;
 use crate::store::StoreError;
 
@@ -302,7 +303,10 @@ async fn close_fragment(
             let _ = std::fs::remove_file(&path);
             return;
         }
-        Ok(Ok(bytes)) => bytes,
+        Ok(Ok(bytes)) => {
+            INSTRUMENTS.disk_written("segments", bytes);
+            bytes
+        }
         Ok(Err(e)) => {
             tracing::error!(camera = %id, path = %path.display(), error = %e, "cannot make a segment durable; not indexed");
             return;

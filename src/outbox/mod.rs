@@ -111,7 +111,8 @@ pub struct NewRecord {
     r#type: String,
     camera_id: Option<String>,
     ts_ms: i64,
-    payload: serde_json::Value,
+    /// Serialized once, straight to the text stored (no intermediate `Value`).
+    payload: String,
 }
 
 impl NewRecord {
@@ -128,7 +129,7 @@ impl NewRecord {
             r#type: r#type.into(),
             camera_id,
             ts_ms,
-            payload: serde_json::to_value(payload).map_err(|e| StoreError::Encode(Arc::new(e)))?,
+            payload: serde_json::to_string(payload).map_err(|e| StoreError::Encode(Arc::new(e)))?,
         })
     }
 }
@@ -183,21 +184,32 @@ impl Record {
 
 /// Appends a record inside the caller's transaction and returns its `seq`.
 pub fn append(c: &Connection, rec: &NewRecord) -> rusqlite::Result<i64> {
-    let id: String = c.query_row("SELECT lower(hex(randomblob(16)))", [], |r| r.get(0))?;
-    c.execute(
+    let id = event_id(chrono::Utc::now().timestamp_millis());
+    c.prepare_cached(
         "INSERT INTO outbox (event_id, kind, type, camera_id, ts_ms, payload, created_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![
-            id,
-            rec.kind.as_str(),
-            rec.r#type,
-            rec.camera_id,
-            rec.ts_ms,
-            rec.payload.to_string(),
-            chrono::Utc::now().timestamp_millis()
-        ],
-    )?;
+    )?
+    .execute(params![
+        id,
+        rec.kind.as_str(),
+        rec.r#type,
+        rec.camera_id,
+        rec.ts_ms,
+        rec.payload,
+        chrono::Utc::now().timestamp_millis()
+    ])?;
     Ok(c.last_insert_rowid())
+}
+
+/// A record's stable id: 32 hex digits, the creation time in ms first and 80 random bits after.
+/// Time first keeps the unique index on it appending at its right edge: a random id lands on a
+/// random leaf page, which every commit then writes to the WAL and every checkpoint to the file.
+fn event_id(now_ms: i64) -> String {
+    let random = rand::random::<u128>() & ((1u128 << 80) - 1);
+    format!(
+        "{:012x}{random:020x}",
+        now_ms.max(0) as u64 & 0xffff_ffff_ffff
+    )
 }
 
 /// The `seq` of the newest record, 0 for an empty log (a consumer at the head is caught up).
@@ -445,5 +457,29 @@ impl Outbox {
                 })
             })
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_id;
+
+    #[test]
+    fn event_ids_are_32_hex_digits_that_sort_by_time_and_differ_within_a_millisecond() {
+        let (a, b, later) = (
+            event_id(1_795_857_160_118),
+            event_id(1_795_857_160_118),
+            event_id(1_795_857_160_119),
+        );
+        for id in [&a, &b, &later] {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(
+                id.bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
+                "{id}"
+            );
+        }
+        assert_ne!(a, b);
+        assert!(a < later && b < later, "{a} {b} {later}");
     }
 }

@@ -15,6 +15,7 @@ use super::{Perception, PerceptionError, leases, tickets};
 use crate::auth::Principal;
 use crate::config::is_task_type;
 use crate::outbox::{self, NewRecord};
+use crate::registry;
 use crate::store::StoreError;
 
 /// Most detections one batch may carry.
@@ -86,12 +87,6 @@ impl Perception {
         body: IngestBody,
     ) -> Result<IngestAnswer, PerceptionError> {
         let binding = self.bind(principal, &body).await?;
-        if self.registry.camera(&binding.camera_id).await?.is_none() {
-            return Err(PerceptionError::NotFound(format!(
-                "camera {:?} not found",
-                binding.camera_id
-            )));
-        }
         if binding.task_type.trim().is_empty() {
             return Err(bad("task_type must not be blank"));
         }
@@ -127,23 +122,28 @@ impl Perception {
         let ticketed = binding.ticketed;
         let credential = principal.credential.clone();
         let n = detections.len();
+        let camera_id = binding.camera_id.clone();
         let stored = self
             .store
             .write(move |c| store_batch(c, &binding, &credential, ts_ms, detections, event))
             .await?;
-        if stored {
-            self.outbox.appended();
-            Ok(IngestAnswer {
-                detections_ingested: n,
-                duplicate: None,
-                ticketed,
-            })
-        } else {
-            Ok(IngestAnswer {
+        match stored {
+            Stored::New => {
+                self.outbox.appended();
+                Ok(IngestAnswer {
+                    detections_ingested: n,
+                    duplicate: None,
+                    ticketed,
+                })
+            }
+            Stored::Duplicate => Ok(IngestAnswer {
                 detections_ingested: 0,
                 duplicate: Some(true),
                 ticketed,
-            })
+            }),
+            Stored::NoCamera => Err(PerceptionError::NotFound(format!(
+                "camera {camera_id:?} not found"
+            ))),
         }
     }
 
@@ -316,8 +316,17 @@ fn clean_event(e: EventIn) -> Result<WorkerEvent, PerceptionError> {
     })
 }
 
-/// The one transaction of a batch: dedup check, outbox record, batch row, detections. Returns
-/// whether anything was stored (false: a duplicate).
+/// What the batch's transaction did.
+enum Stored {
+    New,
+    Duplicate,
+    /// Nothing: the camera does not exist (checked in the same transaction, so a camera removed
+    /// meanwhile cannot gain a batch).
+    NoCamera,
+}
+
+/// The one transaction of a batch: camera check, dedup check, outbox record, batch row,
+/// detections.
 fn store_batch(
     c: &Connection,
     b: &Binding,
@@ -325,17 +334,19 @@ fn store_batch(
     ts_ms: i64,
     detections: Vec<Detection>,
     event: Option<WorkerEvent>,
-) -> Result<bool, StoreError> {
+) -> Result<Stored, StoreError> {
+    if !registry::camera_exists(c, &b.camera_id)? {
+        return Ok(Stored::NoCamera);
+    }
     if let Some(frame_id) = &b.frame_id {
         let seen: Option<i64> = c
-            .query_row(
+            .prepare_cached(
                 "SELECT id FROM detection_batches WHERE camera_id = ?1 AND frame_id = ?2",
-                params![b.camera_id, frame_id],
-                |r| r.get(0),
-            )
+            )?
+            .query_row(params![b.camera_id, frame_id], |r| r.get(0))
             .optional()?;
         if seen.is_some() {
-            return Ok(false);
+            return Ok(Stored::Duplicate);
         }
     }
     let batch = DetectionBatch {
@@ -351,11 +362,11 @@ fn store_batch(
         c,
         &NewRecord::new("detections", Some(b.camera_id.clone()), ts_ms, &batch)?,
     )?;
-    c.execute(
+    c.prepare_cached(
         "INSERT INTO detection_batches (camera_id, frame_id, task_type, task_id, credential, worker_id, ts_ms, ticketed, outbox_seq)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![b.camera_id, b.frame_id, b.task_type, b.task_id, credential, b.worker_id, ts_ms, b.ticketed, seq],
-    )?;
+    )?
+    .execute(params![b.camera_id, b.frame_id, b.task_type, b.task_id, credential, b.worker_id, ts_ms, b.ticketed, seq])?;
     let batch_id = c.last_insert_rowid();
     let mut insert = c.prepare_cached(
         "INSERT INTO detections (batch_id, camera_id, ts_ms, label, confidence, bbox, track_id, attributes)
@@ -368,12 +379,17 @@ fn store_batch(
             ts_ms,
             d.label,
             d.confidence,
-            d.bbox.map(|b| Value::from(b.to_vec()).to_string()),
+            d.bbox.map(|b| json_text(&b)),
             d.track_id,
-            Value::Object(d.attributes.clone()).to_string(),
+            json_text(&d.attributes),
         ])?;
     }
-    Ok(true)
+    Ok(Stored::New)
+}
+
+/// JSON text of a value that always serializes (numbers, strings, maps with string keys).
+fn json_text(v: &impl Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 /// Deletes up to `limit` batches (their detections go with them, `ON DELETE CASCADE`) whose

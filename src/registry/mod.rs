@@ -231,7 +231,8 @@ impl Registry {
             .store
             .read(move |c| {
                 Ok::<_, RegistryError>(
-                    c.query_row(&format!("{SELECT} WHERE id = ?1"), [&id], Row::from_sql)
+                    c.prepare_cached(&format!("{SELECT} WHERE id = ?1"))?
+                        .query_row([&id], Row::from_sql)
                         .optional()?,
                 )
             })
@@ -397,6 +398,15 @@ impl Row {
             source,
         })
     }
+}
+
+/// Whether a camera exists, inside the caller's transaction: ingest checks it in the same
+/// transaction that stores the batch, saving a read round trip per request.
+pub fn camera_exists(c: &Connection, id: &str) -> rusqlite::Result<bool> {
+    Ok(c.prepare_cached("SELECT 1 FROM cameras WHERE id = ?1")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 fn refuse_file_owned(c: &Connection, id: &str) -> Result<(), RegistryError> {

@@ -20,6 +20,7 @@ pub mod fault;
 mod migrate;
 pub mod prune;
 mod read;
+mod wal_meter;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -197,6 +198,12 @@ impl Store {
         E: From<StoreError> + Send + 'static,
     {
         self.inner.writer.write(work).await
+    }
+
+    /// Makes the writer wait `linger` after a write arrives before committing, so the writes
+    /// of that span share one commit (`database.commit_linger`).
+    pub fn set_commit_linger(&self, linger: Duration) {
+        self.inner.writer.set_linger(linger);
     }
 
     /// Runs `work` on a read-only connection on a blocking thread.

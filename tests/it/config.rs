@@ -23,7 +23,7 @@ fn bad_configs_name_the_key_and_exit_2() {
     let cases: Vec<(String, &str)> = vec![
         (
             "colour = \"red\"".into(),
-            "error: colour: unknown key (expected one of device_id, data_dir, board, log_level, http, control, mqtt, outbox, retention, recording, media, sampler, workers, limits, cameras, tasks, zones, serial, serial_ports, rules)",
+            "error: colour: unknown key (expected one of device_id, data_dir, board, log_level, http, control, mqtt, outbox, database, retention, recording, media, sampler, workers, limits, cameras, tasks, zones, serial, serial_ports, rules)",
         ),
         (
             format!("{CAM}fps = 5"),
@@ -46,6 +46,10 @@ fn bad_configs_name_the_key_and_exit_2() {
         (
             "[retention]\nmetadata_max_age = \"10m\"\naudit_max_age = \"2h\"\nmetadata_max_bytes = \"100KiB\"".into(),
             "error: retention.metadata_max_age: must be at least 1h, got 10m\nerror: retention.audit_max_age: must be at least 1d, got 2h\nerror: retention.metadata_max_bytes: must be at least 1MiB, got 100KiB",
+        ),
+        (
+            "[database]\ncommit_linger = \"5s\"".into(),
+            "error: database.commit_linger: must be at most 1s (every answer waits this long), got 5s",
         ),
         (
             "[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nlabels_per_camera = 0".into(),

@@ -115,6 +115,29 @@ fn write_config(data_dir: &std::path::Path) -> String {
     path.display().to_string()
 }
 
+/// `database.commit_linger`: writes that arrive apart share one commit (and its WAL pages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_linger_gathers_writes_that_arrive_apart_into_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&store::db_path(dir.path())).unwrap();
+    create_items(&s).await.unwrap();
+    s.set_commit_linger(Duration::from_millis(400));
+    let before = s.stats().commits.load(Ordering::Relaxed);
+    let mut writes = Vec::new();
+    for id in 0..10 {
+        let s = s.clone();
+        writes.push(tokio::spawn(async move { insert(&s, id, 0).await }));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    let commits = s.stats().commits.load(Ordering::Relaxed) - before;
+    assert!(commits <= 2, "10 writes 10 ms apart took {commits} commits");
+    s.close().await;
+    assert_eq!(count_items(&store::db_path(dir.path())), 10);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn group_commit_keeps_every_acknowledged_write_and_isolates_failures() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,359 @@
+//! Soak: 8 cameras recording one shared 1280x720 25 fps 2 Mbit/s synthetic stream, the
+//! reference motion worker at 5 fps on each camera's sub stream (320x180, as NVRs detect on the
+//! sub stream), two zones per camera, and the MQTT uplink draining
+//! to a real mosquitto with a subscriber, for 30 minutes. Every 10 s it samples the daemon's
+//! RSS, open fds, threads, CPU, WAL size, outbox backlog and bytes written (its own meter by kind,
+//! and `/proc/PID/io`); at the end it prints the slope of each over the last two thirds of the run
+//! and the writes extrapolated to a day, writes the samples as CSV and, with gnuplot installed,
+//! plots them to PNG.
+//!
+//! Run: `cargo bench --bench soak` (HELDAR_SOAK_MINUTES, default 30; HELDAR_SOAK_OUT, the
+//! directory for `soak.csv` and `soak.png`, default `target/soak`; HELDAR_SOAK_CONFIG, TOML
+//! appended to the daemon's config, such as `[database] commit_linger = "100ms"`).
+
+mod common;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Daemon, cpu_seconds};
+use heldar_edge::media::synthetic::{SyntheticCamera, SyntheticSpec};
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+
+const CAMERAS: usize = 8;
+const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+/// One sample of the daemon.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    minutes: f64,
+    rss_mib: f64,
+    fds: f64,
+    threads: f64,
+    cpu_s: f64,
+    wal_mib: f64,
+    backlog: f64,
+    /// Bytes written since start, by the daemon's own meter.
+    wal_written: f64,
+    db_written: f64,
+    segments_written: f64,
+    /// `write_bytes` of `/proc/PID/io`.
+    process_written: f64,
+    mqtt_received: f64,
+    detections: f64,
+}
+
+fn main() {
+    let minutes: f64 = std::env::var("HELDAR_SOAK_MINUTES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30.0);
+    let out = std::env::var_os("HELDAR_SOAK_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/soak"));
+    std::fs::create_dir_all(&out).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+
+    let camera = SyntheticCamera::start(
+        SyntheticSpec {
+            width: 1280,
+            height: 720,
+            fps: 25,
+            gop_frames: 50,
+            bitrate_kbps: 2000,
+        },
+        0,
+    )
+    .expect("synthetic camera");
+    let broker = Mosquitto::start(scratch.path());
+    let received = Arc::new(AtomicU64::new(0));
+    subscribe(broker.port, received.clone());
+    let daemon = Daemon::start(scratch.path(), &config(&camera.url("main"), broker.port));
+    let api = daemon.http();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_heldar"))
+        .args(["worker", "motion", "--poll", "2", "--api", &api])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("heldar worker motion");
+    println!(
+        "soak: {CAMERAS} cameras (1280x720 25 fps 2 Mbit/s), motion worker at 5 fps each on the sub stream, 2 zones per camera, MQTT to mosquitto; {minutes} min, a sample every {} s",
+        SAMPLE_EVERY.as_secs()
+    );
+
+    let started = Instant::now();
+    let span = Duration::from_secs_f64(minutes * 60.0);
+    let mut samples = Vec::new();
+    while started.elapsed() < span {
+        std::thread::sleep(SAMPLE_EVERY);
+        if let Some(s) = sample(&daemon, started, &received) {
+            samples.push(s);
+        }
+    }
+    let _ = worker.kill();
+    let _ = worker.wait();
+    let csv = out.join("soak.csv");
+    write_csv(&csv, &samples);
+    report(&samples);
+    plot(&csv, &out.join("soak.png"));
+}
+
+fn config(url: &str, mqtt_port: u16) -> String {
+    let mut config = format!(
+        "[recording]\nmin_free = \"0\"\n[http]\nlisten = \"127.0.0.1:0\"\nauth = false\n\
+         [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n"
+    );
+    if let Ok(extra) = std::env::var("HELDAR_SOAK_CONFIG") {
+        config.push_str(&extra);
+        config.push('\n');
+    }
+    for i in 0..CAMERAS {
+        config.push_str(&format!(
+            "[[cameras]]\nid = \"cam{i}\"\nurl = \"{url}\"\n\
+             [[tasks]]\ncamera = \"cam{i}\"\ntask_type = \"motion\"\nprofile = \"sub\"\nfps = 5\nwidth = 320\n\
+             [[zones]]\ncamera = \"cam{i}\"\nname = \"cam{i}_right\"\nkind = \"region\"\n\
+             points = [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]\ndwell_seconds = 2\n\
+             [[zones]]\ncamera = \"cam{i}\"\nname = \"cam{i}_middle\"\nkind = \"line\"\n\
+             points = [[0.5, 0.0], [0.5, 1.0]]\n"
+        ));
+    }
+    config
+}
+
+fn sample(daemon: &Daemon, started: Instant, received: &AtomicU64) -> Option<Sample> {
+    let pid = daemon.pid();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let process_written = io
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as f64;
+    let system = daemon.status();
+    let number = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let backlog = system["outbox"]["consumers"]
+        .as_array()
+        .map(|cs| cs.iter().map(|c| number(&c["backlog"])).fold(0.0, f64::max))
+        .unwrap_or(0.0);
+    let written = &system["disk_writes"];
+    Some(Sample {
+        minutes: started.elapsed().as_secs_f64() / 60.0,
+        rss_mib: field("VmRSS:") / 1024.0,
+        fds,
+        threads: field("Threads:"),
+        cpu_s: cpu_seconds(pid),
+        wal_mib: number(&system["store"]["wal_bytes"]) / (1 << 20) as f64,
+        backlog,
+        wal_written: number(&written["wal"]),
+        db_written: number(&written["db"]),
+        segments_written: number(&written["segments"]),
+        process_written,
+        mqtt_received: received.load(Ordering::Relaxed) as f64,
+        detections: number(&system["outbox"]["newest_seq"]),
+    })
+}
+
+const COLUMNS: &str = "minutes,rss_mib,fds,threads,cpu_s,wal_mib,backlog,wal_written,db_written,segments_written,process_written,mqtt_received,outbox_seq";
+
+fn row(s: &Sample) -> [f64; 13] {
+    [
+        s.minutes,
+        s.rss_mib,
+        s.fds,
+        s.threads,
+        s.cpu_s,
+        s.wal_mib,
+        s.backlog,
+        s.wal_written,
+        s.db_written,
+        s.segments_written,
+        s.process_written,
+        s.mqtt_received,
+        s.detections,
+    ]
+}
+
+fn write_csv(path: &Path, samples: &[Sample]) {
+    let mut f = std::fs::File::create(path).unwrap();
+    writeln!(f, "{COLUMNS}").unwrap();
+    for s in samples {
+        let line: Vec<String> = row(s).iter().map(|v| format!("{v:.3}")).collect();
+        writeln!(f, "{}", line.join(",")).unwrap();
+    }
+    println!("samples: {}", path.display());
+}
+
+/// Least-squares slope of `y` over minutes, per hour.
+fn slope_per_hour(samples: &[Sample], y: impl Fn(&Sample) -> f64) -> f64 {
+    let n = samples.len() as f64;
+    if n < 2.0 {
+        return 0.0;
+    }
+    let mx = samples.iter().map(|s| s.minutes).sum::<f64>() / n;
+    let my = samples.iter().map(&y).sum::<f64>() / n;
+    let cov: f64 = samples.iter().map(|s| (s.minutes - mx) * (y(s) - my)).sum();
+    let var: f64 = samples.iter().map(|s| (s.minutes - mx).powi(2)).sum();
+    if var == 0.0 { 0.0 } else { cov / var * 60.0 }
+}
+
+/// One figure of a sample.
+type Field = fn(&Sample) -> f64;
+
+fn report(samples: &[Sample]) {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        println!("no samples");
+        return;
+    };
+    let tail = &samples[samples.len() / 3..];
+    let range = |y: Field| {
+        let (lo, hi) = tail
+            .iter()
+            .map(y)
+            .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        (lo, hi)
+    };
+    println!(
+        "{:<22} {:>10} {:>10} {:>16}   (last two thirds: {:.1}..{:.1} min)",
+        "", "min", "max", "slope per hour", tail[0].minutes, last.minutes
+    );
+    let lines: [(&str, Field); 5] = [
+        ("RSS MiB", |s| s.rss_mib),
+        ("open fds", |s| s.fds),
+        ("threads", |s| s.threads),
+        ("WAL file MiB", |s| s.wal_mib),
+        ("outbox backlog", |s| s.backlog),
+    ];
+    for (name, y) in lines {
+        let (lo, hi) = range(y);
+        println!(
+            "{name:<22} {lo:>10.1} {hi:>10.1} {:>16.2}",
+            slope_per_hour(tail, y)
+        );
+    }
+    let minutes = last.minutes - first.minutes;
+    let per_day = |a: f64, b: f64| (b - a) / minutes * 60.0 * 24.0 / 1e9;
+    println!(
+        "CPU: {:.1} % of one core",
+        (last.cpu_s - first.cpu_s) / (minutes * 60.0) * 100.0
+    );
+    println!(
+        "written per day at this rate: metadata {:.2} GB (WAL {:.2} GB, database {:.2} GB), segments {:.1} GB; /proc/PID/io write_bytes {:.1} GB",
+        per_day(
+            first.wal_written + first.db_written,
+            last.wal_written + last.db_written
+        ),
+        per_day(first.wal_written, last.wal_written),
+        per_day(first.db_written, last.db_written),
+        per_day(first.segments_written, last.segments_written),
+        per_day(first.process_written, last.process_written),
+    );
+    println!(
+        "outbox records: {:.0} appended, MQTT messages received: {:.0}",
+        last.detections - first.detections,
+        last.mqtt_received - first.mqtt_received
+    );
+}
+
+fn plot(csv: &Path, png: &Path) {
+    let script = format!(
+        "set datafile separator ','\nset terminal pngcairo size 1200,800 font ',10'\nset output '{}'\n\
+         set multiplot layout 2,2 title 'heldar soak: 8 cameras, motion worker at 5 fps each, MQTT'\n\
+         set xlabel 'minutes'\nset key left top\n\
+         set title 'memory'\nset ylabel 'MiB'\nset yrange [0:*]\n\
+         plot '{csv}' using 1:2 with lines title 'RSS'\n\
+         set title 'fds and threads'\nset ylabel 'count'\n\
+         plot '{csv}' using 1:3 with lines title 'open fds', '' using 1:4 with lines title 'threads'\n\
+         set title 'WAL file and outbox backlog'\nset ylabel 'MiB / records'\n\
+         plot '{csv}' using 1:6 with lines title 'WAL MiB', '' using 1:7 with lines title 'backlog'\n\
+         set title 'metadata written'\nset ylabel 'MB'\n\
+         plot '{csv}' using 1:($8/1e6) with lines title 'WAL', '' using 1:($9/1e6) with lines title 'database'\n\
+         unset multiplot\n",
+        png.display(),
+        csv = csv.display()
+    );
+    let script_path = png.with_extension("gp");
+    std::fs::write(&script_path, script).unwrap();
+    match Command::new("gnuplot").arg(&script_path).status() {
+        Ok(s) if s.success() => println!("plot: {}", png.display()),
+        _ => println!("no plot: gnuplot is not installed (apt install gnuplot-nox)"),
+    }
+}
+
+/// The MQTT subscriber: counts every event the uplink delivers.
+fn subscribe(port: u16, received: Arc<AtomicU64>) {
+    let mut o = MqttOptions::new("soak-subscriber", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5))
+        .set_max_packet_size(32 << 20, 32 << 20);
+    let (client, mut connection) = Client::new(o, 1000);
+    std::thread::spawn(move || {
+        for event in connection.iter() {
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.try_subscribe("heldar/bench/events/#", QoS::AtLeastOnce);
+                }
+                Ok(Event::Incoming(Packet::Publish(_))) => {
+                    received.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    });
+}
+
+/// A mosquitto on a free loopback port, killed on drop.
+struct Mosquitto {
+    port: u16,
+    child: Child,
+}
+
+impl Mosquitto {
+    fn start(dir: &Path) -> Mosquitto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt install mosquitto)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Mosquitto { port, child }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
