@@ -15,12 +15,12 @@ mod common;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, cpu_seconds};
+use common::{Broker, Daemon, cpu_seconds};
 use heldar_edge::media::synthetic::{SyntheticCamera, SyntheticSpec};
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 
@@ -41,10 +41,10 @@ struct Sample {
     wal_written: f64,
     db_written: f64,
     segments_written: f64,
-    /// `write_bytes` of `/proc/PID/io`.
+    /// The kernel's `write_bytes` for the daemon, as its status reports it.
     process_written: f64,
     mqtt_received: f64,
-    detections: f64,
+    outbox_seq: f64,
 }
 
 fn main() {
@@ -69,7 +69,7 @@ fn main() {
         0,
     )
     .expect("synthetic camera");
-    let broker = Mosquitto::start(scratch.path());
+    let broker = Broker::start();
     let received = Arc::new(AtomicU64::new(0));
     subscribe(broker.port, received.clone());
     let daemon = Daemon::start(scratch.path(), &config(&camera.url("main"), broker.port));
@@ -135,12 +135,6 @@ fn sample(daemon: &Daemon, started: Instant, received: &AtomicU64) -> Option<Sam
             .and_then(|v| v.parse().ok())
             .unwrap_or(0.0)
     };
-    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
-    let process_written = io
-        .lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as f64;
     let system = daemon.status();
     let number = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
@@ -160,9 +154,9 @@ fn sample(daemon: &Daemon, started: Instant, received: &AtomicU64) -> Option<Sam
         wal_written: number(&written["wal"]),
         db_written: number(&written["db"]),
         segments_written: number(&written["segments"]),
-        process_written,
+        process_written: number(&written["process"]),
         mqtt_received: received.load(Ordering::Relaxed) as f64,
-        detections: number(&system["outbox"]["newest_seq"]),
+        outbox_seq: number(&system["outbox"]["newest_seq"]),
     })
 }
 
@@ -182,7 +176,7 @@ fn row(s: &Sample) -> [f64; 13] {
         s.segments_written,
         s.process_written,
         s.mqtt_received,
-        s.detections,
+        s.outbox_seq,
     ]
 }
 
@@ -262,7 +256,7 @@ fn report(samples: &[Sample]) {
     );
     println!(
         "outbox records: {:.0} appended, MQTT messages received: {:.0}",
-        last.detections - first.detections,
+        last.outbox_seq - first.outbox_seq,
         last.mqtt_received - first.mqtt_received
     );
 }
@@ -312,48 +306,4 @@ fn subscribe(port: u16, received: Arc<AtomicU64>) {
             }
         }
     });
-}
-
-/// A mosquitto on a free loopback port, killed on drop.
-struct Mosquitto {
-    port: u16,
-    child: Child,
-}
-
-impl Mosquitto {
-    fn start(dir: &Path) -> Mosquitto {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\n"
-            ),
-        )
-        .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto (apt install mosquitto)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Mosquitto { port, child }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

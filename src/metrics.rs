@@ -65,6 +65,16 @@ pub struct DiskWrites {
     pub process: Option<u64>,
 }
 
+/// `write_bytes` of a `/proc/.../io` file (a process, `self`, or `thread-self`): the bytes the
+/// kernel counted as sent to storage for it; `None` where it keeps no such count.
+pub fn kernel_write_bytes(io_file: &str) -> Option<u64> {
+    std::fs::read_to_string(io_file)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The process-wide instruments.
 pub struct Instruments {
     pub ingest_requests: Family<IngestOutcome, Counter>,
@@ -142,13 +152,7 @@ impl Instruments {
     }
 
     pub fn disk_writes(&self) -> DiskWrites {
-        let process = std::fs::read_to_string("/proc/self/io")
-            .ok()
-            .and_then(|io| {
-                io.lines()
-                    .find_map(|l| l.strip_prefix("write_bytes:"))
-                    .and_then(|v| v.trim().parse().ok())
-            });
+        let process = kernel_write_bytes("/proc/self/io");
         DiskWrites {
             wal: self.disk_writes_of("wal"),
             db: self.disk_writes_of("db"),

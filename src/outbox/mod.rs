@@ -184,7 +184,8 @@ impl Record {
 
 /// Appends a record inside the caller's transaction and returns its `seq`.
 pub fn append(c: &Connection, rec: &NewRecord) -> rusqlite::Result<i64> {
-    let id = event_id(chrono::Utc::now().timestamp_millis());
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let id = event_id(now_ms);
     c.prepare_cached(
         "INSERT INTO outbox (event_id, kind, type, camera_id, ts_ms, payload, created_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -196,7 +197,7 @@ pub fn append(c: &Connection, rec: &NewRecord) -> rusqlite::Result<i64> {
         rec.camera_id,
         rec.ts_ms,
         rec.payload,
-        chrono::Utc::now().timestamp_millis()
+        now_ms
     ])?;
     Ok(c.last_insert_rowid())
 }

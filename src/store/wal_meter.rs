@@ -16,7 +16,7 @@ use rusqlite::Connection;
 use rusqlite::hooks::Wal;
 use rusqlite::wal::CheckpointMode;
 
-use crate::metrics::INSTRUMENTS;
+use crate::metrics::{INSTRUMENTS, kernel_write_bytes};
 
 /// WAL frames that trigger a checkpoint: 4 000 frames is 16 MiB at 4 KiB pages. SQLite's default
 /// (1 000) rewrites the hot pages of the outbox and detection indexes into the database file four
@@ -108,14 +108,9 @@ impl Position {
     }
 }
 
-/// `write_bytes` of the calling thread, as the kernel counts it; `None` without task I/O
-/// accounting.
+/// `write_bytes` of the calling thread.
 fn thread_write_bytes() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/io")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
+    kernel_write_bytes("/proc/thread-self/io")
 }
 
 #[cfg(test)]
