@@ -150,7 +150,8 @@ pub struct StoreStatus {
     pub writes_failed: u64,
     pub largest_group: u64,
     pub last_commit_us: u64,
-    /// When the last group commit succeeded: a fault after it is still going on.
+    /// When the last group commit that changed rows succeeded: a fault after it is still going
+    /// on.
     #[serde(default)]
     pub last_commit_at_ms: Option<i64>,
     /// The last fault of the disk or the database file this process saw.

@@ -55,7 +55,9 @@ pub struct WriterStats {
     pub largest_group: AtomicU64,
     /// Duration of the most recent COMMIT, in microseconds (mostly fsync).
     pub last_commit_us: AtomicU64,
-    /// When the most recent COMMIT returned, Unix ms (0: none yet).
+    /// When the most recent COMMIT that changed rows returned, Unix ms (0: none yet). A group
+    /// whose jobs changed nothing commits without touching the disk, so it says nothing about
+    /// whether the disk still takes writes.
     pub last_commit_at_ms: std::sync::atomic::AtomicI64,
 }
 
@@ -252,6 +254,7 @@ fn group(
     on_closed: &mut Option<oneshot::Sender<()>>,
 ) {
     let started = Instant::now();
+    let changes_before = conn.total_changes();
     let mut in_tx: Vec<Box<dyn Job>> = Vec::new();
     let mut total = 0u64;
     let mut next = Some(first);
@@ -310,9 +313,11 @@ fn group(
                     .store(took.as_micros() as u64, Ordering::Relaxed);
                 INSTRUMENTS.store_commit_seconds.observe(took.as_secs_f64());
                 stats.commits.fetch_add(1, Ordering::Relaxed);
-                stats
-                    .last_commit_at_ms
-                    .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+                if conn.total_changes() > changes_before {
+                    stats
+                        .last_commit_at_ms
+                        .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
+                }
                 stats
                     .jobs_committed
                     .fetch_add(in_tx.len() as u64, Ordering::Relaxed);
