@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, AppState, json_body, raw_body};
 use crate::auth::{Principal, Role};
+use crate::config::model::{CameraConfig, StreamProfile};
+use crate::config::secret::redact_url;
 
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 const OPERATE: &[Role] = &[Role::Operator];
@@ -30,7 +32,7 @@ pub struct CameraView {
     pub enabled: bool,
     pub record: bool,
     pub detect: bool,
-    /// Stream URLs as used (templates expanded); they never carry credentials.
+    /// Stream URLs as used (templates expanded), credentials in their query masked.
     pub main_url: Option<String>,
     pub sub_url: Option<String>,
     pub username: Option<String>,
@@ -52,14 +54,18 @@ impl CameraView {
             enabled: c.enabled,
             record: c.record,
             detect: c.detect,
-            main_url: url::stream_url(s, crate::config::model::StreamProfile::Main),
-            sub_url: url::stream_url(s, crate::config::model::StreamProfile::Sub),
+            main_url: shown_url(s, StreamProfile::Main),
+            sub_url: shown_url(s, StreamProfile::Sub),
             username: s.username.clone(),
             has_password: c.password().is_some(),
             segment_seconds: s.segment_seconds,
             health,
         }
     }
+}
+
+fn shown_url(c: &CameraConfig, profile: StreamProfile) -> Option<String> {
+    url::stream_url(c, profile).map(|u| redact_url(&u))
 }
 
 pub(super) async fn list(

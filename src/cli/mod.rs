@@ -251,6 +251,9 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Run { config } => {
             let loaded = load_config(&config)?;
             daemon::logging::init(&loaded.config.log_level);
+            for w in &loaded.warnings {
+                tracing::warn!(key = %w.path, "{}", w.message);
+            }
             let overrides = daemon::Overrides {
                 socket: cli.socket,
                 ..Default::default()
@@ -263,13 +266,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode, CliError> {
             command: ConfigCommand::Check { path, quiet },
         } => {
             let loaded = load_config(&path)?;
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
             if quiet {
                 return Ok(ExitCode::SUCCESS);
             }
             if cli.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&loaded.config)
+                    serde_json::to_string_pretty(&loaded.config.shown())
                         .map_err(|e| CliError::Failed(e.to_string()))?
                 );
             } else {

@@ -36,6 +36,9 @@ pub struct Loaded {
     pub config: Config,
     /// `None` when the config names no board; otherwise a path or `built-in:<name>`.
     pub board_source: Option<String>,
+    /// What is accepted but better done otherwise (a password in a camera URL): `heldar config
+    /// check` prints these and the daemon logs them at start.
+    pub warnings: Vec<Problem>,
 }
 
 /// Loads and validates a config file with its board profile.
@@ -68,12 +71,15 @@ pub fn load_str(text: &str, origin: &str, base_dir: &Path) -> Result<Loaded, Con
     };
     let mut config = deserialize(merged)?;
     resolve_paths(&mut config, base_dir);
-    let mut problems = read_secrets(&mut config);
+    let mut warnings = Vec::new();
+    let mut problems = take_url_logins(&mut config, &mut warnings);
+    problems.extend(read_secrets(&mut config));
     problems.extend(validate::validate(&config));
     if problems.is_empty() {
         Ok(Loaded {
             config,
             board_source,
+            warnings,
         })
     } else {
         Err(ConfigError { problems })
@@ -229,6 +235,36 @@ fn resolve_paths(config: &mut Config, base_dir: &Path) {
             resolve(p);
         }
     }
+}
+
+/// Splits the user-info off every camera URL; its password serves like one from `password_file`,
+/// with a warning, because the file readable by whoever may read `heldar.toml` now holds it.
+fn take_url_logins(config: &mut Config, warnings: &mut Vec<Problem>) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (i, cam) in config.cameras.iter_mut().enumerate() {
+        let at = |p: &str| format!("cameras[{i}].{p}");
+        match cam.take_url_logins() {
+            Err(p) => problems.push(Problem {
+                path: at(&p.path),
+                message: p.message,
+            }),
+            Ok(None) => {}
+            Ok(Some(_)) if cam.password_file.is_some() => problems.push(Problem {
+                path: at("url"),
+                message: "has a password and password_file is set too: keep one".into(),
+            }),
+            Ok(Some(password)) => {
+                cam.password = Some(password);
+                warnings.push(Problem {
+                    path: at("url"),
+                    message: "holds the camera's password: a password_file (mode 0600) keeps it \
+                              out of the config file"
+                        .into(),
+                });
+            }
+        }
+    }
+    problems
 }
 
 /// Reads every `*_file` key now, so a missing or unreadable file is a config error at start-up

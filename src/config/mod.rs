@@ -83,9 +83,21 @@ pub fn is_valid_id(s: &str) -> bool {
 }
 
 impl Config {
-    /// The effective config as TOML, secrets masked (only `*_file` paths are printed) and
-    /// credentials impossible by construction (URLs with user info are rejected at load).
+    /// The effective config as TOML, as [`Config::shown`] gives it.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).expect("a validated config always serializes")
+        toml::to_string(&self.shown()).expect("a validated config always serializes")
+    }
+
+    /// The config as it may be printed: secrets are never serialized (only `*_file` paths are),
+    /// user-info was split off camera URLs at load, and credentials in a camera URL's query are
+    /// masked here.
+    pub fn shown(&self) -> Config {
+        let mut shown = self.clone();
+        for cam in &mut shown.cameras {
+            for url in [&mut cam.url, &mut cam.sub_url].into_iter().flatten() {
+                *url = secret::redact_url(url);
+            }
+        }
+        shown
     }
 }

@@ -10,8 +10,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::Problem;
 use super::command_key::CommandKey;
-use super::secret::Secret;
+use super::secret::{Secret, split_userinfo};
 use super::units::{ByteSize, Duration};
 
 /// The effective configuration of the box: a board profile with `heldar.toml` merged over it.
@@ -402,6 +403,51 @@ pub struct CameraConfig {
     pub priority: u8,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ptz: Option<PtzConfig>,
+}
+
+impl CameraConfig {
+    /// Moves the user-info of `url` and `sub_url` (`rtsp://user:pass@host/...`, as cameras print
+    /// their URLs) into `username` and the returned password, so no stored or shown URL carries
+    /// it (invariant M3). A user that disagrees with `username`, or two different passwords, are
+    /// refused rather than guessed between; problem paths are relative to the camera.
+    pub fn take_url_logins(&mut self) -> Result<Option<Secret>, Problem> {
+        let mut password: Option<(&str, Secret)> = None;
+        for (key, url) in [("url", &mut self.url), ("sub_url", &mut self.sub_url)] {
+            let Some(login) = url.as_deref().and_then(split_userinfo) else {
+                continue;
+            };
+            *url = Some(login.url);
+            let refuse = |message: String| {
+                Err(Problem {
+                    path: key.into(),
+                    message,
+                })
+            };
+            if login.user.is_empty() {
+                return refuse("the URL has a password but no user name before it".into());
+            }
+            match &self.username {
+                Some(u) if *u != login.user => {
+                    return refuse(format!(
+                        "the URL's user {:?} differs from username {u:?}: give one",
+                        login.user
+                    ));
+                }
+                Some(_) => {}
+                None => self.username = Some(login.user),
+            }
+            match (&password, login.password) {
+                (Some((first, p)), Some(q)) if *p != q => {
+                    return refuse(format!(
+                        "the URL's password differs from the one in {first}"
+                    ));
+                }
+                (None, Some(q)) => password = Some((key, q)),
+                _ => {}
+            }
+        }
+        Ok(password.map(|(_, p)| p))
+    }
 }
 
 fn default_transport() -> RtspTransport {

@@ -2,9 +2,12 @@
 //!
 //! Invariant M3: credentials never appear in logs, MQTT payloads, API responses or error messages.
 //! Secret text lives only in [`Secret`], whose `Debug` and `Display` print `***`, and every URL that
-//! reaches a log line or an answer goes through [`redact_url`] first. Validation refuses camera
-//! URLs with credentials (user-info or query) and broker URLs with user-info; masking guards URLs
-//! that come from elsewhere (a library's error message).
+//! reaches a log line or an answer goes through [`redact_url`] first. A camera URL's user-info
+//! (`rtsp://user:pass@host/...`, as camera manuals print it) is split off where the URL arrives
+//! ([`split_userinfo`]), so the password becomes a [`Secret`] and the stored URL carries none.
+//! Credentials a vendor wants in the query (`?user=x&password=y`) must stay in the URL the camera
+//! is asked for, so they are masked wherever a URL is shown. Broker URLs with user-info are
+//! refused: the broker has `username` and `password_file`.
 
 use std::fmt;
 use std::path::Path;
@@ -80,18 +83,6 @@ fn url_end(text: &str) -> usize {
         .unwrap_or(text.len())
 }
 
-/// Whether a URL's query carries credentials (`?user=x&password=y`).
-pub fn has_query_credentials(url: &str) -> bool {
-    let url = &url[..url_end(url)];
-    let Some((_, query)) = url.split_once('?') else {
-        return false;
-    };
-    let query = query.split('#').next().unwrap_or_default();
-    query
-        .split('&')
-        .any(|pair| is_credential_key(pair.split('=').next().unwrap_or_default()))
-}
-
 /// Masks the credentials of every URL in `text`: the user-info part (`user:pass@`) becomes
 /// `***@`, and the value of each credential query parameter (`password=...`) becomes `***`.
 ///
@@ -120,6 +111,51 @@ pub fn redact_url(text: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// A URL's user-info, split off by [`split_userinfo`].
+#[derive(Debug, PartialEq)]
+pub struct UrlLogin {
+    /// The URL without `user:pass@`.
+    pub url: String,
+    pub user: String,
+    pub password: Option<Secret>,
+}
+
+/// Splits `user:pass@` (or `user@`) off the authority of `url`, percent-decoding both parts, as
+/// camera manuals write a password with `@` or `:` in it (`p%40ss`). `None` when the URL has no
+/// user-info. The last `@` of the authority ends the user-info, as in RFC 3986.
+pub fn split_userinfo(url: &str) -> Option<UrlLogin> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest[..authority_end].rfind('@')?;
+    let userinfo = &rest[..at];
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (user, password) = match userinfo.split_once(':') {
+        Some((user, password)) => (user, Some(Secret::new(decode(password)))),
+        None => (userinfo, None),
+    };
+    Some(UrlLogin {
+        url: format!("{scheme}://{}", &rest[at + 1..]),
+        user: decode(user),
+        password,
+    })
+}
+
+/// Whether a URL's query holds a credential masked as `***` (a shown URL sent back as it is).
+pub fn has_masked_query_credentials(url: &str) -> bool {
+    let Some((_, query)) = url.split_once('?') else {
+        return false;
+    };
+    let query = query.split('#').next().unwrap_or_default();
+    query.split('&').any(|pair| {
+        pair.split_once('=')
+            .is_some_and(|(key, value)| is_credential_key(key) && value == "***")
+    })
 }
 
 /// `path?query#fragment` with the values of credential parameters replaced by `***`.
@@ -182,15 +218,35 @@ mod tests {
     }
 
     #[test]
-    fn credentials_in_a_query_are_found_by_key() {
-        assert!(has_query_credentials("rtsp://h/s?user=a&password=b"));
-        assert!(has_query_credentials("rtsp://h/s?channel=1&Pwd=b"));
-        assert!(has_query_credentials("rtsp://h/s?token"));
-        assert!(!has_query_credentials(
-            "rtsp://h/cam/realmonitor?channel=1&subtype=0"
+    fn userinfo_is_split_off_and_decoded() {
+        let login =
+            split_userinfo("rtsp://admin:p%40ss:w0rd@10.0.0.5:554/Streaming/101?x=a@b").unwrap();
+        assert_eq!(login.url, "rtsp://10.0.0.5:554/Streaming/101?x=a@b");
+        assert_eq!(login.user, "admin");
+        assert_eq!(login.password.unwrap().expose(), "p@ss:w0rd");
+        let login = split_userinfo("rtsp://a@b:c@cam/x").unwrap();
+        assert_eq!(
+            (login.url.as_str(), login.user.as_str()),
+            ("rtsp://cam/x", "a@b")
+        );
+        let login = split_userinfo("rtsp://viewer@cam").unwrap();
+        assert_eq!((login.url.as_str(), login.password), ("rtsp://cam", None));
+        assert_eq!(split_userinfo("rtsp://cam/live?user=a@b"), None);
+        assert_eq!(split_userinfo("not a url"), None);
+    }
+
+    #[test]
+    fn a_masked_query_credential_is_recognised() {
+        assert!(has_masked_query_credentials(
+            "rtsp://h/s?user=***&password=***"
         ));
-        assert!(!has_query_credentials("rtsp://h/s#password=x"));
-        assert!(!has_query_credentials("rtsp://h/password=x"));
+        assert!(has_masked_query_credentials(
+            "rtsp://h/s?channel=1&pwd=***#f"
+        ));
+        assert!(!has_masked_query_credentials(
+            "rtsp://h/s?user=admin&password=x"
+        ));
+        assert!(!has_masked_query_credentials("rtsp://h/s?title=***"));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::model::{
     ZoneConfig, ZoneKind,
 };
 use super::rules::{Action, RelayOp, Trigger};
-use super::secret::{has_query_credentials, redact_url};
+use super::secret::redact_url;
 use super::{Problem, is_valid_id};
 
 /// Problems of one zone on its own (its name's uniqueness is the caller's to check), with key
@@ -315,22 +315,24 @@ impl Validator {
         }
     }
 
-    /// Invariant M3: a refusal never quotes credentials; the URL it names is masked.
+    /// Invariant M3: a refusal never quotes credentials; the URL it names is masked. User-info
+    /// was split off where the URL arrived ([`CameraConfig::take_url_logins`]); one still here
+    /// would be stored with its password, so it is refused. Query credentials stay: the camera
+    /// wants them in the URL it is asked for.
     fn stream_url(&mut self, path: String, url: &str) {
-        // Said of `user:pass@` and of `?password=...` alike.
-        const CREDENTIALS: &str =
-            "credentials in the URL are not accepted: use username and password_file";
         let shown = redact_url(url);
         match url.split_once("://") {
             Some(("rtsp" | "rtsps", rest)) if !rest.is_empty() => {
                 let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-                if authority.contains('@') || has_query_credentials(url) {
-                    self.fail(path, CREDENTIALS);
+                if authority.contains('@') {
+                    self.fail(
+                        path,
+                        "user-info must be split off the URL before it is stored",
+                    );
                 } else if authority.is_empty() {
                     self.fail(path, format!("{shown:?} has no host"));
                 }
             }
-            _ if has_query_credentials(url) => self.fail(path, CREDENTIALS),
             _ => self.fail(
                 path,
                 format!("{shown:?} must be an rtsp:// or rtsps:// URL"),

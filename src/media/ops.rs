@@ -258,7 +258,7 @@ impl Media {
         let gop = s.gop_ms.load(Relaxed);
         Ok(StreamTest {
             camera_id: camera_id.to_string(),
-            url,
+            url: crate::config::secret::redact_url(&url),
             codec: (!info.codec.is_empty()).then_some(info.codec),
             width: info.width,
             height: info.height,

@@ -54,10 +54,15 @@ impl SyntheticSpec {
     }
 }
 
+/// The one role of a camera with a login: whoever logs in may watch.
+const ROLE: &str = "viewer";
+
 /// A running (or stopped) synthetic camera; stops on drop.
 pub struct SyntheticCamera {
     spec: SyntheticSpec,
     port: u16,
+    /// User and password the camera asks for (RTSP basic auth), like a camera out of the box.
+    login: Option<(String, String)>,
     running: Option<Running>,
 }
 
@@ -72,10 +77,29 @@ struct Running {
 impl SyntheticCamera {
     /// Starts serving on `127.0.0.1:port` (`0` picks a free port).
     pub fn start(spec: SyntheticSpec, port: u16) -> Result<SyntheticCamera, glib::BoolError> {
+        Self::start_with(spec, port, None)
+    }
+
+    /// Starts serving only to a client that logs in as `user` with `password`.
+    pub fn start_with_login(
+        spec: SyntheticSpec,
+        port: u16,
+        user: &str,
+        password: &str,
+    ) -> Result<SyntheticCamera, glib::BoolError> {
+        Self::start_with(spec, port, Some((user.into(), password.into())))
+    }
+
+    fn start_with(
+        spec: SyntheticSpec,
+        port: u16,
+        login: Option<(String, String)>,
+    ) -> Result<SyntheticCamera, glib::BoolError> {
         gst::init().map_err(|e| glib::bool_error!("GStreamer init: {e}"))?;
         let mut camera = SyntheticCamera {
             spec,
             port,
+            login,
             running: None,
         };
         camera.serve()?;
@@ -133,7 +157,23 @@ impl SyntheticCamera {
             let factory = rtsp::RTSPMediaFactory::new();
             factory.set_launch(&self.spec.launch(width, height));
             factory.set_shared(true);
+            if self.login.is_some() {
+                factory.add_role_from_structure(
+                    &gst::Structure::builder(ROLE)
+                        .field(rtsp::RTSP_PERM_MEDIA_FACTORY_ACCESS, true)
+                        .field(rtsp::RTSP_PERM_MEDIA_FACTORY_CONSTRUCT, true)
+                        .build(),
+                );
+            }
             mounts.add_factory(path, factory);
+        }
+        if let Some((user, password)) = &self.login {
+            let auth = rtsp::RTSPAuth::new();
+            let token = rtsp::RTSPToken::builder()
+                .field(rtsp::RTSP_TOKEN_MEDIA_FACTORY_ROLE, ROLE)
+                .build();
+            auth.add_basic(rtsp::RTSPAuth::make_basic(user, password).as_str(), &token);
+            server.set_auth(Some(&auth));
         }
         let context = glib::MainContext::new();
         let source = server.attach(Some(&context))?;

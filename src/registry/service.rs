@@ -14,7 +14,7 @@ use super::{
 };
 use crate::config::Problem;
 use crate::config::model::{CameraConfig, Vendor};
-use crate::config::secret::Secret;
+use crate::config::secret::{Secret, has_masked_query_credentials, redact_url};
 
 /// What can be configured by kind and id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -132,6 +132,11 @@ pub fn camera_object(c: &Camera) -> Value {
     let mut v = serde_json::to_value(&c.settings).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
         o.remove("password_file");
+        for key in ["url", "sub_url"] {
+            if let Some(Value::String(url)) = o.get_mut(key) {
+                *url = redact_url(url);
+            }
+        }
         if c.password().is_some() {
             o.insert("password".into(), MASK.into());
         }
@@ -164,7 +169,9 @@ fn task_object(t: &Task) -> Value {
 
 impl Registry {
     /// Creates or replaces a runtime camera as asked by a caller (the API, MQTT). A change replaces
-    /// the camera whole: without `password` it has none.
+    /// the camera whole: without `password` it has none. A URL's user-info
+    /// (`rtsp://user:pass@host/...`, as cameras print it) is split off first, so it is the same
+    /// as `username` and `password` given apart.
     ///
     /// The published object shows a password as `***`; sent back, `***` keeps the stored password
     /// rather than becoming it, but only while the camera's streams stay where they were (issue
@@ -173,14 +180,70 @@ impl Registry {
     /// a host of their choosing.
     pub async fn change_camera(
         &self,
-        settings: CameraConfig,
+        mut settings: CameraConfig,
         password: Option<Secret>,
     ) -> Result<Camera, RegistryError> {
+        let invalid = |path: &str, message: &str| {
+            RegistryError::Invalid(vec![Problem {
+                path: path.into(),
+                message: message.into(),
+            }])
+        };
+        let in_url = settings
+            .take_url_logins()
+            .map_err(|p| RegistryError::Invalid(vec![p]))?;
+        let password = match (password, in_url) {
+            (Some(given), Some(in_url)) if given != in_url => {
+                return Err(invalid(
+                    "password",
+                    "differs from the password in the URL: give it once",
+                ));
+            }
+            (given, in_url) => given.or(in_url),
+        };
+        self.keep_masked_urls(&mut settings).await?;
         let password = match password {
             Some(p) if p.expose() == MASK => self.kept_password(&settings).await?,
             other => other,
         };
         self.put_camera(settings, password).await
+    }
+
+    /// A URL shown with its query credentials masked (`?user=***&password=***`) and sent back
+    /// as it is stands for the stored URL, under the rule `***` follows for a password: only
+    /// while the URL is otherwise the same, so masked credentials never travel to another host.
+    async fn keep_masked_urls(&self, settings: &mut CameraConfig) -> Result<(), RegistryError> {
+        let masked =
+            |url: &Option<String>| url.as_deref().is_some_and(has_masked_query_credentials);
+        if !masked(&settings.url) && !masked(&settings.sub_url) {
+            return Ok(());
+        }
+        let (url_was, sub_url_was) = match self.camera(&settings.id).await? {
+            // A file camera's change is refused as file-owned by `put_camera`.
+            Some(c) if c.source == Source::File => return Ok(()),
+            Some(c) => (c.settings.url, c.settings.sub_url),
+            None => (None, None),
+        };
+        for (key, url, was) in [
+            ("url", &mut settings.url, url_was),
+            ("sub_url", &mut settings.sub_url, sub_url_was),
+        ] {
+            if !masked(url) {
+                continue;
+            }
+            match was {
+                Some(was) if Some(redact_url(&was)) == *url => *url = Some(was),
+                _ => {
+                    return Err(RegistryError::Invalid(vec![Problem {
+                        path: key.into(),
+                        message: "its credentials are masked (***): they stand for the stored \
+                                  ones only while the URL is otherwise the same; send them again"
+                            .into(),
+                    }]));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The stored password that `***` stands for in a change to `settings`.

@@ -5,15 +5,19 @@
 //!   (url, sub_url, vendor, address, port, channel) with `"***"` is refused, naming `password`:
 //!   the password must be sent again. A change without `password` has none (a change replaces the
 //!   camera whole).
-//! - Credentials in a URL's query (`?user=x&password=...`) are refused like `user:pass@`, and the
-//!   refusal does not repeat them: not in answers, MQTT messages, the audit trail or the log.
+//! - A URL as cameras print it (`rtsp://user:pass@host/...`, issue 18) is accepted in the file,
+//!   `heldar cameras add --url`, the API and MQTT: the user-info is split off at once, the
+//!   password kept as the camera's secret, the URL stored without it.
+//! - Credentials a vendor wants in the query (`?user=x&password=...`) stay in the URL the camera
+//!   is asked for and are masked (`***`) in every answer, MQTT message, audit row and log line;
+//!   the masked URL sent back keeps them only while it names the same stream.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::fixtures::{Broker, BrokerSetup, Sub};
-use crate::fixtures::{Daemon, heldar, stderr, stdout};
+use crate::fixtures::{Daemon, camera_with_login, heldar, stderr, stdout, wait_state};
 use crate::fixtures::{Http, token};
 
 fn stored(d: &Daemon, id: &str) -> (String, Option<String>) {
@@ -42,10 +46,15 @@ struct Rig {
 
 impl Rig {
     fn start() -> Rig {
+        Self::start_with("")
+    }
+
+    /// With `extra` config (cameras) after the uplink's.
+    fn start_with(extra: &str) -> Rig {
         let broker = Broker::start(BrokerSetup::default());
         let sub = Sub::start(broker.port, "fleet", &["heldar/test/#"], false);
         let d = Daemon::start(&format!(
-            "[recording]\nmin_free = \"0\"\n[mqtt]\nurl = \"{}\"\n",
+            "[recording]\nmin_free = \"0\"\n[mqtt]\nurl = \"{}\"\n{extra}",
             broker.url()
         ))
         .ready();
@@ -147,75 +156,241 @@ fn a_stored_password_stays_with_the_stream_it_was_given_for() {
     assert_eq!(stored(d, "gate"), (home.into(), None));
 }
 
+/// Everything the box answers or says that could repeat a secret: API answers, the audit trail,
+/// the log, and what it published over MQTT (not the test's own requests).
+fn assert_nowhere(rig: &Rig, answers: &[String], secrets: &[&str]) {
+    let http = Http::new(&rig.d);
+    let admin = token(&rig.d, "admin");
+    let mut texts = answers.to_vec();
+    for path in [
+        "/api/v1/cameras",
+        "/api/v1/audit",
+        "/api/v1/logs",
+        "/api/v1/system",
+    ] {
+        texts.push(http.call("GET", path, Some(&admin), None).text());
+    }
+    let listing = rig.d.cli(&["--json", "cameras", "list"]);
+    texts.push(stdout(&listing));
+    texts.push(rig.d.log());
+    for g in rig.sub.all().iter().filter(|g| !g.topic.ends_with("/set")) {
+        texts.push(format!("{}: {}", g.topic, g.text()));
+    }
+    for secret in secrets {
+        for (i, text) in texts.iter().enumerate() {
+            assert!(
+                !text.contains(secret),
+                "text {i} repeats {secret:?}: {text}"
+            );
+        }
+    }
+}
+
 #[test]
-fn credentials_in_a_url_query_are_refused_and_never_repeated() {
+fn a_url_with_user_and_password_records_and_its_password_appears_nowhere() {
+    const PASSWORD: &str = "P@ss:w0rd/Gate";
+    const ENCODED: &str = "P%40ss%3Aw0rd%2FGate";
+    let cam = camera_with_login("admin", PASSWORD);
+    let with_login = |mount: &str| {
+        cam.url(mount)
+            .replacen("rtsp://", &format!("rtsp://admin:{ENCODED}@"), 1)
+    };
+    let mut answers = Vec::new();
+
+    // In the file: accepted with a warning that a password_file is better.
+    let file_camera = format!(
+        "[[cameras]]\nid = \"gate\"\nurl = \"{}\"\nsegment_seconds = 2\ndetect = false\n",
+        with_login("main")
+    );
+    let check_dir = tempfile::tempdir().unwrap();
+    let config = check_dir.path().join("heldar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n{file_camera}",
+            check_dir.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let out = heldar(&["config", "check", config.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("warning: cameras[0].url: holds the camera's password")
+            && stderr(&out).contains("password_file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("username = \"admin\""),
+        "{}",
+        stdout(&out)
+    );
+    answers.push(format!("{}{}", stdout(&out), stderr(&out)));
+
+    let rig = Rig::start_with(&file_camera);
+    let d = &rig.d;
+    // The camera asks for the login: recording proves the password reached it, decoded.
+    wait_state(d, "gate", "recording", Duration::from_secs(30));
+    let (url, password) = stored(d, "gate");
+    assert_eq!(url, cam.url("main"), "stored without the user-info");
+    assert_eq!(password, None, "a file camera's password is never stored");
+
+    // The API: the same URL records too, and its password is kept as the camera's secret.
+    let http = Http::new(d);
+    let admin = token(d, "admin");
+    let body =
+        json!({"id": "yard", "url": with_login("main"), "segment_seconds": 2, "detect": false});
+    let answer = http.call(
+        "POST",
+        "/api/v1/cameras",
+        Some(&admin),
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["username"], "admin");
+    assert_eq!(answer.json()["has_password"], true);
+    answers.push(answer.text());
+    wait_state(d, "yard", "recording", Duration::from_secs(30));
+    assert_eq!(stored(d, "yard"), (cam.url("main"), Some(PASSWORD.into())));
+
+    // The CLI and MQTT alike.
+    let out = d.cli(&[
+        "cameras",
+        "add",
+        "porch",
+        "--url",
+        &with_login("sub"),
+        "--no-record",
+    ]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    answers.push(format!("{}{}", stdout(&out), stderr(&out)));
+    assert_eq!(stored(d, "porch"), (cam.url("sub"), Some(PASSWORD.into())));
+    let a = rig.ask(
+        "door",
+        json!({"url": with_login("sub"), "record": false}),
+        "m1",
+    );
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["applied"]["url"], cam.url("sub"), "{a}");
+    assert_eq!(a["applied"]["username"], "admin", "{a}");
+    assert_eq!(a["applied"]["password"], "***", "{a}");
+    assert_eq!(stored(d, "door"), (cam.url("sub"), Some(PASSWORD.into())));
+
+    // Pointed elsewhere with the password masked: refused, the password stays home.
+    let a = rig.ask(
+        "door",
+        json!({"url": "rtsp://admin:***@198.51.100.7/sub", "record": false}),
+        "m2",
+    );
+    assert_eq!(a["ok"], false, "{a}");
+    assert_eq!(a["error"]["field"], "password", "{a}");
+    // Two passwords, or two users, are refused rather than guessed between.
+    let a = rig.ask(
+        "door",
+        json!({"url": with_login("sub"), "password": "other", "record": false}),
+        "m3",
+    );
+    assert_eq!(a["error"]["field"], "password", "{a}");
+    let a = rig.ask(
+        "door",
+        json!({"url": with_login("sub"), "username": "viewer", "record": false}),
+        "m4",
+    );
+    assert_eq!(a["error"]["field"], "url", "{a}");
+    assert_eq!(stored(d, "door"), (cam.url("sub"), Some(PASSWORD.into())));
+
+    assert_nowhere(&rig, &answers, &[PASSWORD, ENCODED]);
+}
+
+#[test]
+fn credentials_in_a_url_query_reach_the_camera_but_are_shown_masked() {
     const SECRET: &str = "Qu3ry-S3cret";
     let rig = Rig::start();
     let d = &rig.d;
     let http = Http::new(d);
     let admin = token(d, "admin");
     let mut answers = Vec::new();
+    let home = format!("rtsp://127.0.0.1:9/live?user=x&password={SECRET}&channel=1");
+    let shown = "rtsp://127.0.0.1:9/live?user=***&password=***&channel=1";
 
-    for url in [
-        format!("rtsp://127.0.0.1:9/live?user=x&password={SECRET}"),
-        format!("rtsp://127.0.0.1:9/live?channel=1&PWD={SECRET}"),
-        // Refused for its scheme too: that refusal must not quote it either.
-        format!("http://127.0.0.1:9/live?user=x&password={SECRET}"),
-    ] {
-        for key in ["url", "sub_url"] {
-            let mut body = json!({"id": "leak", "url": "rtsp://127.0.0.1:9/main"});
-            body[key] = url.clone().into();
-            let answer = http.call(
-                "POST",
-                "/api/v1/cameras",
-                Some(&admin),
-                Some(body.to_string().as_bytes()),
-            );
-            assert_eq!(answer.status, 400, "{key} = {url}: {}", answer.text());
-            assert!(answer.text().contains(key), "{}", answer.text());
-            answers.push(answer.text());
+    // The API keeps the URL as the camera wants it and shows it masked.
+    let body = json!({"id": "q", "url": home, "record": false});
+    let answer = http.call(
+        "POST",
+        "/api/v1/cameras",
+        Some(&admin),
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json()["main_url"], shown, "{}", answer.text());
+    answers.push(answer.text());
+    assert_eq!(
+        stored(d, "q").0,
+        home,
+        "the camera is asked with its credentials"
+    );
 
-            let a = rig.ask("leak", body.clone(), &format!("q-{key}-{}", answers.len()));
-            assert_eq!(a["ok"], false, "{key} = {url}: {a}");
-            assert_eq!(a["error"]["field"], key, "{a}");
+    // MQTT alike; the published object sent back as it is keeps them.
+    let a = rig.ask("q", json!({"url": home, "record": false}), "q1");
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(a["applied"]["url"], shown, "{a}");
+    let mut same = a["applied"].clone();
+    same["detect"] = false.into();
+    let a = rig.ask("q", same.clone(), "q2");
+    assert_eq!(a["ok"], true, "{a}");
+    assert_eq!(stored(d, "q").0, home);
+    // Masked, but pointed at another host: refused, naming the URL.
+    same["url"] = "rtsp://198.51.100.7/live?user=***&password=***&channel=1".into();
+    let a = rig.ask("q", same, "q3");
+    assert_eq!(a["ok"], false, "{a}");
+    assert_eq!(a["error"]["field"], "url", "{a}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("send them again"),
+        "{a}"
+    );
+    assert_eq!(stored(d, "q").0, home);
+
+    let out = d.cli(&["cameras", "add", "q2", "--url", &home, "--no-record"]);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+    answers.push(format!("{}{}", stdout(&out), stderr(&out)));
+
+    // In the file: `config check` shows it masked.
+    let config = d.dir.path().join("check.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[[cameras]]\nid = \"c\"\nurl = \"{home}\"\n",
+            d.dir.path().join("check").display()
+        ),
+    )
+    .unwrap();
+    for json in [false, true] {
+        let mut args = vec!["config", "check", config.to_str().unwrap()];
+        if json {
+            args.insert(0, "--json");
         }
-        let out = d.cli(&["cameras", "add", "leak2", "--url", &url]);
-        assert!(!out.status.success(), "{url}: {}", stdout(&out));
-        answers.push(format!("{}{}", stdout(&out), stderr(&out)));
-
-        // Declared in the file: `config check` refuses it in the same words.
-        let config = d.dir.path().join("check.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = \"{}\"\n[[cameras]]\nid = \"c\"\nurl = \"{url}\"\n",
-                d.dir.path().join("check").display()
-            ),
-        )
-        .unwrap();
-        let out = heldar(&["config", "check", config.to_str().unwrap()]);
-        assert_eq!(out.status.code(), Some(2), "{url}: {}", stdout(&out));
-        assert!(stderr(&out).contains("url"), "{}", stderr(&out));
+        let out = heldar(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(stdout(&out).contains("password=***"), "{}", stdout(&out));
         answers.push(format!("{}{}", stdout(&out), stderr(&out)));
     }
 
-    for path in ["/api/v1/cameras", "/api/v1/audit", "/api/v1/logs"] {
-        answers.push(http.call("GET", path, Some(&admin), None).text());
-    }
-    for (i, text) in answers.iter().enumerate() {
-        assert!(
-            !text.contains(SECRET),
-            "answer {i} repeats the secret: {text}"
-        );
-    }
-    // What the box published, not the test's own requests.
-    for g in rig.sub.all().iter().filter(|g| !g.topic.ends_with("/set")) {
-        assert!(
-            !g.text().contains(SECRET),
-            "{} repeats the secret: {}",
-            g.topic,
-            g.text()
-        );
-    }
-    assert!(!d.log().contains(SECRET), "the log repeats the secret");
+    // A URL refused for its scheme does not quote its credentials either.
+    let bad = format!("http://127.0.0.1:9/live?user=x&password={SECRET}");
+    let body = json!({"id": "leak", "url": bad});
+    let answer = http.call(
+        "POST",
+        "/api/v1/cameras",
+        Some(&admin),
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    answers.push(answer.text());
+    let a = rig.ask("leak", json!({"url": bad}), "q4");
+    assert_eq!(a["error"]["field"], "url", "{a}");
+
+    assert_nowhere(&rig, &answers, &[SECRET]);
 }

@@ -106,8 +106,8 @@ fn bad_configs_name_the_key_and_exit_2() {
             "error: cameras[0].password_file: cannot read DIR/.: Is a directory (os error 21)",
         ),
         (
-            "[[cameras]]\nid = \"gate\"\nurl = \"rtsp://admin:pw@10.0.0.2/\"".into(),
-            "error: cameras[0].url: credentials in the URL are not accepted: use username and password_file",
+            "[[cameras]]\nid = \"gate\"\nusername = \"viewer\"\nurl = \"rtsp://admin:pw@10.0.0.2/\"".into(),
+            "error: cameras[0].url: the URL's user \"admin\" differs from username \"viewer\": give one",
         ),
         (
             "[[cameras]]\nid = \"gate\"\nvendor = \"acme\"\naddress = \"10.0.0.2\"".into(),

@@ -377,7 +377,7 @@ fn config_over_mqtt_applies_good_changes_and_refuses_bad_ones_untouched() {
         ("config/camera/gate2/set", b"not json".to_vec(), "bad_payload", None),
         ("config/camera/gate2/set", br#"{"request_id": "b2", "url": 5}"#.to_vec(), "bad_payload", Some("url")),
         ("config/camera/gate2/set", br#"{"request_id": "b3", "url": "http://cam/x"}"#.to_vec(), "invalid", Some("url")),
-        ("config/camera/gate/set", br#"{"request_id": "b4", "url": "rtsp://u:p@cam/x"}"#.to_vec(), "invalid", Some("url")),
+        ("config/camera/gate/set", br#"{"request_id": "b4", "url": "rtsp://u:p@cam/x", "username": "v"}"#.to_vec(), "invalid", Some("url")),
         ("config/camera/bad id/set", br#"{"request_id": "b5", "url": "rtsp://cam/x"}"#.to_vec(), "invalid", Some("id")),
         ("config/widget/x/set", br#"{"request_id": "b6"}"#.to_vec(), "unknown_kind", None),
         ("config/zone/door2/set", br#"{"request_id": "b7", "camera": "nope", "kind": "region", "points": [[0,0],[1,0],[1,1]]}"#.to_vec(), "invalid", Some("camera")),
