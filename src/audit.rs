@@ -9,6 +9,7 @@
 
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::store::{Store, StoreError};
 
@@ -28,6 +29,53 @@ pub struct AuditEntry {
     pub status: u16,
     /// The error message when the change was refused or failed.
     pub detail: Option<String>,
+    /// What the change did to which object ([`What`]); absent on refusals.
+    #[serde(default)]
+    pub what: Option<String>,
+}
+
+/// What one change did, for a person reading the trail: `camera gate added`, `zone door
+/// changed: points`, `token tok_4 revoked`. A route alone (`POST /api/v1/cameras`) does not say
+/// which camera; the handler that made the change does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct What(pub String);
+
+impl What {
+    /// A relay switched by hand: `relay 2 pulse 500ms`.
+    pub fn relay(relay: u16, op: &crate::config::rules::RelayOp) -> What {
+        What(format!("relay {relay} {op}"))
+    }
+
+    /// Names the change from two views of one object, before and after: added, removed, or
+    /// changed with the top-level fields that differ. Only field names are written, so a view
+    /// may hold a digest of a secret to show that it changed.
+    pub fn change(kind: &str, id: &str, before: Option<&Value>, after: Option<&Value>) -> What {
+        What(match (before, after) {
+            (None, Some(_)) => format!("{kind} {id} added"),
+            (Some(_), None) => format!("{kind} {id} removed"),
+            (None, None) => format!("{kind} {id} not there"),
+            (Some(b), Some(a)) => {
+                let empty = serde_json::Map::new();
+                let (b, a) = (
+                    b.as_object().unwrap_or(&empty),
+                    a.as_object().unwrap_or(&empty),
+                );
+                let mut fields: Vec<&str> = b
+                    .keys()
+                    .chain(a.keys())
+                    .map(String::as_str)
+                    .filter(|k| b.get(*k) != a.get(*k))
+                    .collect();
+                fields.sort_unstable();
+                fields.dedup();
+                if fields.is_empty() {
+                    format!("{kind} {id} unchanged")
+                } else {
+                    format!("{kind} {id} changed: {}", fields.join(", "))
+                }
+            }
+        })
+    }
 }
 
 impl AuditEntry {
@@ -43,15 +91,16 @@ pub async fn append(store: &Store, entry: AuditEntry) {
     let result = store
         .write(move |c| {
             c.execute(
-                "INSERT INTO audit (at_ms, actor, source, action, status, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO audit (at_ms, actor, source, action, status, detail, what)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![
                     entry.at_ms,
                     entry.actor,
                     entry.source,
                     entry.action,
                     entry.status,
-                    entry.detail
+                    entry.detail,
+                    entry.what
                 ],
             )?;
             Ok::<_, StoreError>(())
@@ -65,7 +114,7 @@ pub async fn append(store: &Store, entry: AuditEntry) {
 /// The newest `limit` entries, newest first.
 pub fn latest(c: &Connection, limit: u32) -> Result<Vec<AuditEntry>, StoreError> {
     let mut stmt = c.prepare(
-        "SELECT id, at_ms, actor, source, action, status, detail
+        "SELECT id, at_ms, actor, source, action, status, detail, what
            FROM audit ORDER BY id DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit], |r| {
@@ -77,6 +126,7 @@ pub fn latest(c: &Connection, limit: u32) -> Result<Vec<AuditEntry>, StoreError>
             action: r.get(4)?,
             status: r.get(5)?,
             detail: r.get(6)?,
+            what: r.get(7)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -101,4 +151,28 @@ pub fn prune(c: &Connection, before_ms: i64, keep: u64, limit: u64) -> Result<u6
     )? as u64;
     c.execute("DELETE FROM audit_retention", [])?;
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_change_names_its_object_and_the_fields_that_differ() {
+        let before = json!({"url": "rtsp://a/1", "record": true, "password": "d1"});
+        let after = json!({"url": "rtsp://b/1", "record": true, "password": "d2", "name": "Gate"});
+        let what = |b, a| What::change("camera", "gate", b, a).0;
+        assert_eq!(
+            what(Some(&before), Some(&after)),
+            "camera gate changed: name, password, url"
+        );
+        assert_eq!(what(None, Some(&after)), "camera gate added");
+        assert_eq!(what(Some(&before), None), "camera gate removed");
+        assert_eq!(what(Some(&before), Some(&before)), "camera gate unchanged");
+        assert!(
+            !what(Some(&before), Some(&after)).contains("d2"),
+            "values are never written"
+        );
+    }
 }

@@ -15,13 +15,13 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
 
 use super::control::Peer;
 use super::{ApiError, AppState};
-use crate::audit::{self, AuditEntry};
+use crate::audit::{self, AuditEntry, What};
 use crate::auth::{Principal, Role};
 
 /// Error bodies longer than this are not kept in the audit row (ours are a line).
@@ -56,6 +56,18 @@ impl AnonymousLimit {
             );
         }
         entry.0 <= ANONYMOUS_PER_WINDOW
+    }
+}
+
+/// An answer that names what its change did ([`What`]), for the row [`record`] writes: the
+/// handler knows which camera a `POST /api/v1/cameras` made, the route does not.
+pub(super) struct Named<T>(pub What, pub T);
+
+impl<T: IntoResponse> IntoResponse for Named<T> {
+    fn into_response(self) -> Response {
+        let mut response = self.1.into_response();
+        response.extensions_mut().insert(self.0);
+        response
     }
 }
 
@@ -99,6 +111,7 @@ pub(super) async fn record(
         return response;
     }
     let status = response.status();
+    let what = response.extensions().get::<What>().map(|w| w.0.clone());
     let (response, detail) = if status.is_client_error() || status.is_server_error() {
         let (parts, body) = response.into_parts();
         let bytes = axum::body::to_bytes(body, MAX_ERROR_BODY)
@@ -122,6 +135,7 @@ pub(super) async fn record(
             action,
             status: status.as_u16(),
             detail,
+            what,
         },
     )
     .await;

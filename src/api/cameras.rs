@@ -9,7 +9,9 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::audit::Named;
 use super::{ApiError, AppState, json_body, raw_body};
+use crate::audit::What;
 use crate::auth::{Principal, Role};
 use crate::config::model::{CameraConfig, StreamProfile};
 use crate::config::secret::redact_url;
@@ -20,7 +22,7 @@ const ADMIN: &[Role] = &[];
 use crate::media::clip::ClipReport;
 use crate::media::index::{self, Gap, Range, Segment};
 use crate::media::{CameraHealth, StreamTest, url};
-use crate::registry::{Camera, RegistryError, Source, requests};
+use crate::registry::{Camera, ConfigKind, RegistryError, Source, requests};
 use crate::store::StoreError;
 
 /// A camera as the API shows it: settings without secrets, toggles, and health.
@@ -106,25 +108,34 @@ pub(super) async fn put(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<CameraView>, ApiError> {
+) -> Result<Named<Json<CameraView>>, ApiError> {
     who.require(ADMIN)?;
     let body = raw_body(body, super::MAX_BODY)?;
     let (settings, password) = requests::object(&body)
         .and_then(|v| requests::camera(v, None))
         .map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, p.to_string()))?;
+    let id = settings.id.clone();
+    let before = state.registry.audit_view(ConfigKind::Camera, &id).await?;
     let camera = state.registry.change_camera(settings, password).await?;
-    Ok(Json(CameraView::new(&camera, None)))
+    let after = state.registry.audit_view(ConfigKind::Camera, &id).await?;
+    Ok(Named(
+        What::change("camera", &id, before.as_ref(), after.as_ref()),
+        Json(CameraView::new(&camera, None)),
+    ))
 }
 
 pub(super) async fn delete(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Named<Json<serde_json::Value>>, ApiError> {
     who.require(ADMIN)?;
     check_id(&id)?;
     state.registry.delete_camera(&id).await?;
-    Ok(Json(serde_json::json!({ "removed": id })))
+    Ok(Named(
+        What(format!("camera {id} removed")),
+        Json(serde_json::json!({ "removed": id })),
+    ))
 }
 
 pub(super) async fn health(
@@ -292,7 +303,7 @@ pub(super) async fn clip(
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<ClipAnswer>, ApiError> {
+) -> Result<Named<Json<ClipAnswer>>, ApiError> {
     who.require(OPERATE)?;
     let req: ClipRequest = json_body(body, super::MAX_BODY)?;
     check_id(&id)?;
@@ -304,7 +315,10 @@ pub(super) async fn clip(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    Ok(Json(ClipAnswer { report, clip }))
+    Ok(Named(
+        What(format!("camera {id} clip {clip} exported")),
+        Json(ClipAnswer { report, clip }),
+    ))
 }
 
 /// `GET /api/v1/clips/{name}`: an exported clip, streamed.
@@ -336,21 +350,26 @@ pub(super) async fn test(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<StreamTest>, ApiError> {
+) -> Result<Named<Json<StreamTest>>, ApiError> {
     who.require(OPERATE)?;
     check_id(&id)?;
-    Ok(Json(state.media.test_camera(&id).await?))
+    let test = state.media.test_camera(&id).await?;
+    Ok(Named(
+        What(format!("camera {id} stream tested")),
+        Json(test),
+    ))
 }
 
 pub(super) async fn lock(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Named<Json<serde_json::Value>>, ApiError> {
     who.require(OPERATE)?;
     state.media.set_evidence_lock(id, true).await?;
-    Ok(Json(
-        serde_json::json!({ "segment": id, "evidence_locked": true }),
+    Ok(Named(
+        What(format!("segment {id} evidence-locked")),
+        Json(serde_json::json!({ "segment": id, "evidence_locked": true })),
     ))
 }
 
@@ -358,10 +377,11 @@ pub(super) async fn unlock(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<i64>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Named<Json<serde_json::Value>>, ApiError> {
     who.require(OPERATE)?;
     state.media.set_evidence_lock(id, false).await?;
-    Ok(Json(
-        serde_json::json!({ "segment": id, "evidence_locked": false }),
+    Ok(Named(
+        What(format!("segment {id} evidence lock removed")),
+        Json(serde_json::json!({ "segment": id, "evidence_locked": false })),
     ))
 }

@@ -8,7 +8,9 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
+use super::audit::Named;
 use super::{ApiError, AppState, json_body};
+use crate::audit::What;
 use crate::auth::{Principal, Role};
 use crate::config::rules::RelayOp;
 use crate::config::units::Duration;
@@ -39,7 +41,7 @@ pub(super) async fn relay(
     Extension(who): Extension<Principal>,
     Path(n): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Named<Json<serde_json::Value>>, ApiError> {
     who.require(OPERATE)?;
     let req: RelayRequest = json_body(body, super::MAX_BODY)?;
     let relay: u16 = n.parse().map_err(|_| {
@@ -76,8 +78,9 @@ pub(super) async fn relay(
         }
     };
     state.serial.relay(relay, op).await?;
-    Ok(Json(
-        serde_json::json!({ "relay": relay, "done": op.to_string() }),
+    Ok(Named(
+        What::relay(relay, &op),
+        Json(serde_json::json!({ "relay": relay, "done": op.to_string() })),
     ))
 }
 
@@ -86,11 +89,12 @@ pub(super) async fn ptz(
     Extension(who): Extension<Principal>,
     Path(camera): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Named<Json<serde_json::Value>>, ApiError> {
     who.require(OPERATE)?;
     let command: PtzCommand = json_body(body, super::MAX_BODY)?;
     state.serial.ptz(&camera, command).await?;
-    Ok(Json(
-        serde_json::json!({ "camera": camera, "sent": command }),
+    Ok(Named(
+        command.audited(&camera),
+        Json(serde_json::json!({ "camera": camera, "sent": command })),
     ))
 }

@@ -8,7 +8,9 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 
+use super::audit::Named;
 use super::{ApiError, AppState, json_body};
+use crate::audit::What;
 use crate::auth::{NewToken, Principal, Role, TokenInfo};
 use crate::outbox::{self, OutboxStatus, Record};
 use crate::store::StoreError;
@@ -26,7 +28,7 @@ pub(super) async fn create_token(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<NewToken>, ApiError> {
+) -> Result<Named<Json<NewToken>>, ApiError> {
     who.require(ADMIN)?;
     let req: TokenRequest = json_body(body, super::MAX_BODY)?;
     let name = req.name.unwrap_or_else(|| req.role.as_str().to_string());
@@ -36,7 +38,14 @@ pub(super) async fn create_token(
             "name: 1..64 characters",
         ));
     }
-    Ok(Json(state.tokens.create(req.role, &name).await?))
+    let token = state.tokens.create(req.role, &name).await?;
+    let what = What(format!(
+        "token {} created: role {}, name {:?}",
+        token.info.id,
+        token.info.role.as_str(),
+        token.info.name
+    ));
+    Ok(Named(what, Json(token)))
 }
 
 pub(super) async fn tokens(
@@ -51,7 +60,7 @@ pub(super) async fn revoke_token(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Named<Json<serde_json::Value>>, ApiError> {
     who.require(ADMIN)?;
     if !state.tokens.revoke(&id).await? {
         return Err(ApiError::new(
@@ -59,7 +68,10 @@ pub(super) async fn revoke_token(
             format!("no token {id:?}"),
         ));
     }
-    Ok(Json(serde_json::json!({ "revoked": id })))
+    Ok(Named(
+        What(format!("token {id} revoked")),
+        Json(serde_json::json!({ "revoked": id })),
+    ))
 }
 
 pub(super) async fn status(

@@ -8,10 +8,12 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::audit::Named;
 use super::{ApiError, AppState, raw_body};
+use crate::audit::What;
 use crate::auth::{Principal, Role};
 use crate::config::model::ZoneConfig;
-use crate::registry::{RegistryError, StoredZone, requests};
+use crate::registry::{ConfigKind, Registry, RegistryError, StoredZone, requests};
 use crate::store::StoreError;
 use crate::zones::queries::{self, EventFilter, OccupancyRow, ZoneEventRow};
 
@@ -49,7 +51,7 @@ pub(super) async fn create(
     Extension(who): Extension<Principal>,
     Path(camera): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<StoredZone>, ApiError> {
+) -> Result<Named<Json<StoredZone>>, ApiError> {
     who.require(ADMIN)?;
     let mut value = json_value(body)?;
     match value.get("camera") {
@@ -62,8 +64,21 @@ pub(super) async fn create(
             ));
         }
     }
-    Ok(Json(
-        state.registry.put_zone(parse_zone(value, None)?).await?,
+    put_named(&state.registry, parse_zone(value, None)?).await
+}
+
+/// Puts a zone, naming in the audit row whether it was added or which fields changed.
+async fn put_named(
+    registry: &Registry,
+    zone: ZoneConfig,
+) -> Result<Named<Json<StoredZone>>, ApiError> {
+    let name = zone.name.clone();
+    let before = registry.audit_view(ConfigKind::Zone, &name).await?;
+    let stored = registry.put_zone(zone).await?;
+    let after = registry.audit_view(ConfigKind::Zone, &name).await?;
+    Ok(Named(
+        What::change("zone", &name, before.as_ref(), after.as_ref()),
+        Json(stored),
     ))
 }
 
@@ -73,7 +88,7 @@ pub(super) async fn patch(
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
-) -> Result<Json<StoredZone>, ApiError> {
+) -> Result<Named<Json<StoredZone>>, ApiError> {
     who.require(ADMIN)?;
     let changes = json_value(body)?;
     let Some(changes) = changes.as_object() else {
@@ -103,22 +118,20 @@ pub(super) async fn patch(
     for (k, v) in changes {
         value[k] = v.clone();
     }
-    Ok(Json(
-        state
-            .registry
-            .put_zone(parse_zone(value, Some(&id))?)
-            .await?,
-    ))
+    put_named(&state.registry, parse_zone(value, Some(&id))?).await
 }
 
 pub(super) async fn delete(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Named<Json<serde_json::Value>>, ApiError> {
     who.require(ADMIN)?;
     state.registry.delete_zone(&id).await?;
-    Ok(Json(serde_json::json!({ "removed": id })))
+    Ok(Named(
+        What(format!("zone {id} removed")),
+        Json(serde_json::json!({ "removed": id })),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

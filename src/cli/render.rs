@@ -227,6 +227,11 @@ pub fn audit(entries: &[crate::audit::AuditEntry]) -> String {
     }
     for e in entries {
         let result = if e.ok() { "ok" } else { "refused" };
+        let what = e
+            .what
+            .as_deref()
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default();
         let detail = e
             .detail
             .as_deref()
@@ -234,7 +239,7 @@ pub fn audit(entries: &[crate::audit::AuditEntry]) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{}  {:<10} {:<24} {} -> {} {result}{detail}",
+            "{}  {:<10} {:<24} {} -> {} {result}{what}{detail}",
             time(e.at_ms),
             e.actor,
             e.source,

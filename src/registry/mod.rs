@@ -28,7 +28,7 @@ use crate::config::secret::Secret;
 use crate::config::{Problem, camera_problems};
 use crate::store::{Store, StoreError};
 
-pub use service::{ConfigKind, ConfigOp, Refusal, camera_object};
+pub use service::{Applied, ConfigKind, ConfigOp, Refusal, camera_object};
 pub use settings::{SECTIONS as SETTINGS_SECTIONS, Settings, SettingsValue};
 pub use tasks::{Task, task_camera, task_id, task_id_parts};
 pub use zones::StoredZone;

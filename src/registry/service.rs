@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::{
     Camera, Registry, RegistryError, SETTINGS_SECTIONS, Source, StoredZone, Task, requests,
@@ -100,6 +101,16 @@ impl From<RegistryError> for Refusal {
             RegistryError::Internal(_) => Refusal::new("internal", message),
         }
     }
+}
+
+/// A change applied by [`Registry::apply`].
+pub struct Applied {
+    /// The object as published; `None` after a delete.
+    pub object: Option<Value>,
+    /// The object's [`Registry::audit_view`] before and after, for the audit row to name the
+    /// fields that changed.
+    pub before: Option<Value>,
+    pub after: Option<Value>,
 }
 
 /// How a set password is shown.
@@ -270,8 +281,57 @@ impl Registry {
     }
 
     /// Applies one change: decode, validate, apply atomically, persist. `Ok` holds the applied
-    /// object (`None` after a delete).
+    /// object (`None` after a delete) and the object's views before and after, for the audit
+    /// trail.
     pub async fn apply(
+        &self,
+        kind: ConfigKind,
+        id: &str,
+        op: ConfigOp,
+    ) -> Result<Applied, Refusal> {
+        let before = self.audit_view(kind, id).await?;
+        let object = self.apply_op(kind, id, op).await?;
+        let after = self.audit_view(kind, id).await?;
+        Ok(Applied {
+            object,
+            before,
+            after,
+        })
+    }
+
+    /// An object as the audit trail compares it before and after a change: as published, with
+    /// a digest of the camera's password in place of `"***"`, so that a new password shows as a
+    /// changed field. Only field names leave this view (`audit::What::change`).
+    pub async fn audit_view(
+        &self,
+        kind: ConfigKind,
+        id: &str,
+    ) -> Result<Option<Value>, RegistryError> {
+        Ok(match kind {
+            ConfigKind::Camera => self.camera(id).await?.map(|c| {
+                let mut v = camera_object(&c);
+                if let Some(p) = c.password() {
+                    v["password"] = format!("{:x}", Sha256::digest(p.expose())).into();
+                }
+                v
+            }),
+            ConfigKind::Zone => self
+                .zones()
+                .await?
+                .into_iter()
+                .find(|z| z.settings.name == id)
+                .map(|z| zone_object(&z)),
+            ConfigKind::Task => self
+                .tasks()
+                .await?
+                .into_iter()
+                .find(|t| t.id == id)
+                .map(|t| task_object(&t)),
+            ConfigKind::Settings => self.settings_object(id).await?,
+        })
+    }
+
+    async fn apply_op(
         &self,
         kind: ConfigKind,
         id: &str,

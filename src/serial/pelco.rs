@@ -36,6 +36,13 @@ pub enum PtzCommand {
 }
 
 impl PtzCommand {
+    /// The audit trail's name for this command sent to `camera`:
+    /// `camera gate ptz {"action":"goto","preset":3}`.
+    pub fn audited(&self, camera: &str) -> crate::audit::What {
+        let command = serde_json::to_string(self).unwrap_or_default();
+        crate::audit::What(format!("camera {camera} ptz {command}"))
+    }
+
     /// Refuses what no camera could do, naming the field.
     pub fn check(&self) -> Result<(), String> {
         match *self {

@@ -82,6 +82,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0012_command_counters",
         sql: include_str!("../../migrations/0012_command_counters.sql"),
     },
+    Migration {
+        version: 13,
+        name: "0013_audit_what",
+        sql: include_str!("../../migrations/0013_audit_what.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use super::session::{Inbound, Link, Stopping, Tag};
 use super::signed;
 use super::state::StateNudge;
-use crate::audit::{self, AuditEntry};
+use crate::audit::{self, AuditEntry, What};
 use crate::config::command_key::CommandKey;
 use crate::config::rules::RelayOp;
 use crate::media::Media;
-use crate::registry::{ConfigKind, ConfigOp, Refusal, Registry, Toggle, requests};
+use crate::registry::{Applied, ConfigKind, ConfigOp, Refusal, Registry, Toggle, requests};
 use crate::serial::{PtzCommand, Serial};
 use crate::store::Store;
 
@@ -62,6 +62,8 @@ struct Answer {
     kind: String,
     id: String,
     outcome: Result<Option<Value>, Refusal>,
+    /// What an applied change did, for its audit row.
+    what: Option<What>,
 }
 
 /// The `config/result` error code of a serial failure.
@@ -71,6 +73,16 @@ fn serial_code(e: &crate::serial::SerialError) -> &'static str {
         E::NotConfigured(_) | E::Unavailable(_) | E::Device(_) | E::Store(_) => "unavailable",
         E::UnknownCamera(_) => "not_found",
         E::NoSuchRelay { .. } | E::NoPtz(_) | E::BadCommand(_) => "invalid",
+    }
+}
+
+/// A command's answer and what it did, as [`Answer`] holds them.
+fn split_what(
+    outcome: Result<(Value, What), Refusal>,
+) -> (Result<Option<Value>, Refusal>, Option<What>) {
+    match outcome {
+        Ok((answer, what)) => (Ok(Some(answer)), Some(what)),
+        Err(refusal) => (Err(refusal), None),
     }
 }
 
@@ -138,6 +150,7 @@ impl Commands {
                     "disabled",
                     "config and commands over MQTT are disabled on this box (mqtt.config_topics = false)",
                 )),
+                what: None,
             };
             return self
                 .audit_and_answer(&m.topic, rest, answer, shutdown)
@@ -154,6 +167,7 @@ impl Commands {
                         kind: levels.get(1).copied().unwrap_or("cmd").to_string(),
                         id: levels.get(2).copied().unwrap_or_default().to_string(),
                         outcome: Err(refusal),
+                        what: None,
                     };
                     return self
                         .audit_and_answer(&m.topic, rest, answer, shutdown)
@@ -223,6 +237,7 @@ impl Commands {
                 action: format!("mqtt {rest}"),
                 status: if answer.outcome.is_ok() { 200 } else { 400 },
                 detail: answer.outcome.as_ref().err().map(|r| r.message.clone()),
+                what: answer.what.as_ref().map(|w| w.0.clone()),
             },
         )
         .await;
@@ -235,8 +250,20 @@ impl Commands {
             kind: kind.to_string(),
             id: id.to_string(),
             outcome: Ok(None),
+            what: None,
         };
-        answer.outcome = self.apply(kind, id, op, payload).await;
+        match self.apply(kind, id, op, payload).await {
+            Ok(applied) => {
+                answer.what = Some(What::change(
+                    kind,
+                    id,
+                    applied.before.as_ref(),
+                    applied.after.as_ref(),
+                ));
+                answer.outcome = Ok(applied.object);
+            }
+            Err(refusal) => answer.outcome = Err(refusal),
+        }
         match &answer.outcome {
             Ok(_) => tracing::info!(kind, id, op, "config changed over MQTT"),
             Err(r) => {
@@ -252,7 +279,7 @@ impl Commands {
         id: &str,
         op: &str,
         payload: &[u8],
-    ) -> Result<Option<Value>, Refusal> {
+    ) -> Result<Applied, Refusal> {
         if payload.len() > MAX_PAYLOAD {
             return Err(Refusal::new(
                 "too_large",
@@ -312,16 +339,20 @@ impl Commands {
             };
             let camera = self.registry.set_toggle(camera, which, on).await?;
             self.nudge.now();
-            Ok(Some(
-                json!({ "camera": camera.id(), toggle: if on { "ON" } else { "OFF" } }),
+            let state = if on { "ON" } else { "OFF" };
+            Ok((
+                json!({ "camera": camera.id(), toggle: state }),
+                What(format!("camera {} changed: {toggle} {state}", camera.id())),
             ))
         }
         .await;
+        let (outcome, what) = split_what(outcome);
         Answer {
             request_id: Value::Null,
             kind: "toggle".into(),
             id: format!("{camera}/{toggle}"),
             outcome,
+            what,
         }
     }
 
@@ -361,14 +392,19 @@ impl Commands {
                 .relay(relay, op)
                 .await
                 .map_err(|e| Refusal::new(serial_code(&e), e.to_string()))?;
-            Ok(Some(json!({ "relay": relay, "done": op.to_string() })))
+            Ok((
+                json!({ "relay": relay, "done": op.to_string() }),
+                What::relay(relay, &op),
+            ))
         }
         .await;
+        let (outcome, what) = split_what(outcome);
         Answer {
             request_id: Value::Null,
             kind: "relay".into(),
             id: n.into(),
             outcome,
+            what,
         }
     }
 
@@ -394,14 +430,19 @@ impl Commands {
                 .ptz(camera, command)
                 .await
                 .map_err(|e| Refusal::new(serial_code(&e), e.to_string()))?;
-            Ok(Some(json!({ "camera": camera, "sent": command })))
+            Ok((
+                json!({ "camera": camera, "sent": command }),
+                command.audited(camera),
+            ))
         }
         .await;
+        let (outcome, what) = split_what(outcome);
         Answer {
             request_id: request_id(payload),
             kind: "ptz".into(),
             id: camera.into(),
             outcome,
+            what,
         }
     }
 
@@ -425,6 +466,7 @@ impl Commands {
                     kind: "snapshot".into(),
                     id: camera.into(),
                     outcome: Err(Refusal::new("unavailable", e.to_string())),
+                    what: None,
                 };
                 self.answer(answer, shutdown).await
             }

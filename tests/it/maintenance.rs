@@ -8,8 +8,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::fixtures::{Broker, BrokerSetup, Sub};
 use crate::fixtures::{Daemon, heldar_bin, stderr, stdout, wait_for};
 use crate::fixtures::{Http, token};
 use crate::fixtures::{camera, camera_toml};
@@ -201,6 +202,163 @@ fn every_endpoint_answers_401_or_403_exactly_where_it_should_and_changes_are_aud
     }
     let human = stdout(&d.cli(&["audit", "-n", "3"]));
     assert_eq!(human.lines().count(), 3, "{human}");
+}
+
+/// Issue 18, part 3: a row names the object and, for a change, the fields that changed, whichever
+/// way the change came (API, control socket, MQTT); a password is named, never shown.
+#[test]
+fn audit_rows_name_the_object_and_the_fields_that_changed() {
+    let broker = Broker::start(BrokerSetup::default());
+    let sub = Sub::start(broker.port, "fleet", &["heldar/test/#"], false);
+    let d = Daemon::start(&format!(
+        "[recording]\nmin_free = \"0\"\n[mqtt]\nurl = \"{}\"\n",
+        broker.url()
+    ))
+    .ready();
+    assert!(
+        sub.wait("heldar/test/availability", Duration::from_secs(20), |g| g
+            .text()
+            == "online")
+            .is_some()
+    );
+    let http = Http::new(&d);
+    let admin = token(&d, "admin");
+    let post = |method: &str, path: &str, body: Value| {
+        let a = http.call(
+            method,
+            path,
+            Some(&admin),
+            Some(body.to_string().as_bytes()),
+        );
+        assert_eq!(a.status, 200, "{method} {path}: {}", a.text());
+        a.json()
+    };
+    // The newest row of `action`, as the trail shows it.
+    let newest = |action: &str| -> Value {
+        audit(&d)
+            .into_iter()
+            .find(|r| r["action"] == action)
+            .unwrap_or_else(|| panic!("no row for {action}"))
+    };
+
+    let out = d.cli(&[
+        "cameras",
+        "add",
+        "gate",
+        "--url",
+        "rtsp://127.0.0.1:9/a",
+        "--no-record",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(newest("POST /api/v1/cameras")["what"], "camera gate added");
+    let camera = json!({"id": "gate", "url": "rtsp://127.0.0.1:9/b", "record": false,
+                        "username": "admin", "password": "hunter2"});
+    post("POST", "/api/v1/cameras", camera.clone());
+    let row = newest("POST /api/v1/cameras");
+    assert_eq!(row["what"], "camera gate changed: password, url, username");
+    assert!(row["actor"].as_str().unwrap().starts_with("tok_"), "{row}");
+    post("POST", "/api/v1/cameras", camera.clone());
+    assert_eq!(
+        newest("POST /api/v1/cameras")["what"],
+        "camera gate unchanged"
+    );
+    let mut new_password = camera.clone();
+    new_password["password"] = "s3cond-Pw".into();
+    post("POST", "/api/v1/cameras", new_password);
+    assert_eq!(
+        newest("POST /api/v1/cameras")["what"],
+        "camera gate changed: password"
+    );
+
+    let zone = json!({"name": "door", "kind": "region", "points": [[0,0],[1,0],[1,1]]});
+    post("POST", "/api/v1/cameras/gate/zones", zone);
+    assert_eq!(
+        newest("POST /api/v1/cameras/gate/zones")["what"],
+        "zone door added"
+    );
+    post(
+        "PATCH",
+        "/api/v1/zones/door",
+        json!({"points": [[0,0],[0.5,0],[0.5,1]]}),
+    );
+    assert_eq!(
+        newest("PATCH /api/v1/zones/door")["what"],
+        "zone door changed: points"
+    );
+
+    let created = post(
+        "POST",
+        "/api/v1/tokens",
+        json!({"role": "worker", "name": "yolo"}),
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        newest("POST /api/v1/tokens")["what"],
+        format!("token {id} created: role worker, name \"yolo\"")
+    );
+    let a = http.call(
+        "DELETE",
+        &format!("/api/v1/tokens/{id}"),
+        Some(&admin),
+        None,
+    );
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        newest(&format!("DELETE /api/v1/tokens/{id}"))["what"],
+        format!("token {id} revoked")
+    );
+    let a = http.call("DELETE", "/api/v1/zones/door", Some(&admin), None);
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(
+        newest("DELETE /api/v1/zones/door")["what"],
+        "zone door removed"
+    );
+
+    // Over MQTT alike; a refusal names no change.
+    let ask = |topic: &str, payload: &str, action: &str| -> Value {
+        let before = audit(&d).len();
+        sub.publish(&format!("heldar/test/{topic}"), payload.to_string());
+        wait_for(Duration::from_secs(20), || {
+            let rows = audit(&d);
+            (rows.len() > before).then(|| rows.into_iter().find(|r| r["action"] == action))?
+        })
+        .unwrap_or_else(|| panic!("no audit row for {topic}"))
+    };
+    let row = ask(
+        "config/zone/yard/set",
+        r#"{"camera": "gate", "kind": "region", "points": [[0,0],[1,0],[1,1]]}"#,
+        "mqtt config/zone/yard/set",
+    );
+    assert_eq!(row["what"], "zone yard added", "{row}");
+    let row = ask(
+        "config/zone/yard/set",
+        r#"{"camera": "gate", "kind": "region", "points": [[0,0],[1,0],[1,1]], "dwell_seconds": 30}"#,
+        "mqtt config/zone/yard/set",
+    );
+    assert_eq!(row["what"], "zone yard changed: dwell_seconds", "{row}");
+    let row = ask(
+        "cameras/gate/detect/set",
+        "OFF",
+        "mqtt cameras/gate/detect/set",
+    );
+    assert_eq!(row["what"], "camera gate changed: detect OFF", "{row}");
+    let row = ask(
+        "config/camera/gate/set",
+        r#"{"url": "http://nope"}"#,
+        "mqtt config/camera/gate/set",
+    );
+    assert_eq!(row["status"], 400, "{row}");
+    assert_eq!(row["what"], Value::Null, "{row}");
+
+    let trail = serde_json::to_string(&audit(&d)).unwrap();
+    for secret in ["hunter2", "s3cond-Pw"] {
+        assert!(!trail.contains(secret), "the trail shows {secret}");
+    }
+    let human = stdout(&d.cli(&["audit", "-n", "100"]));
+    assert!(
+        human.contains("POST /api/v1/cameras -> 200 ok: camera gate added"),
+        "{human}"
+    );
 }
 
 #[test]
