@@ -170,8 +170,24 @@ async fn demo_token(client: &Client, role: Role) -> Option<NewToken> {
 
 /// The reference motion worker, as its own process, as on a box.
 fn start_worker(addr: SocketAddr, token: &str) -> Option<std::process::Child> {
+    use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().ok()?;
-    match std::process::Command::new(exe)
+    let demo = nix::unistd::getpid();
+    let mut command = std::process::Command::new(exe);
+    // SAFETY: between fork and exec the closure calls only prctl(2) and getppid(2), both
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            // The worker dies with the demo, even a SIGKILLed one, instead of polling an API
+            // that is gone; a demo gone before this line is caught by the parent check.
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
+            if nix::unistd::getppid() != demo {
+                return Err(std::io::Error::other("the demo is gone"));
+            }
+            Ok(())
+        });
+    }
+    match command
         .args([
             "worker",
             "motion",

@@ -1,6 +1,11 @@
-//! Home Assistant MQTT discovery: one device per box, entities for cameras, labels, zones and the
-//! box's own health. Each config is a retained message under the discovery prefix; removing the
-//! thing it describes publishes an empty retained message, which removes the entity.
+//! Home Assistant MQTT discovery: the box is one device, each camera a device of its own linked
+//! to it (`via_device`), and each camera's entities (health, switches, snapshot, label counts,
+//! zones) hang on the camera's device. Each config is a retained message under the discovery
+//! prefix; removing the thing it describes publishes an empty retained message, which removes the
+//! entity.
+//!
+//! Entity names are short (`Online`, `Person count`): Home Assistant puts the device's name in
+//! front, and warns about a name that repeats it.
 
 use serde_json::{Value, json};
 
@@ -10,6 +15,24 @@ pub struct Discovery {
     /// `<prefix>/<device_id>`: the box's root topic.
     pub root: String,
     pub device_id: String,
+}
+
+/// A camera as its entities need it.
+pub struct CameraInfo<'a> {
+    pub id: &'a str,
+    /// The configured name, or the id.
+    pub name: &'a str,
+    /// The main stream URL, for the device's link to the camera's own web page.
+    pub stream_url: Option<&'a str>,
+}
+
+/// A zone as its entities need it.
+pub struct ZoneInfo<'a> {
+    pub name: &'a str,
+    pub camera: &'a CameraInfo<'a>,
+    pub line: bool,
+    /// The labels that get their own count and occupancy entities.
+    pub labels: &'a [String],
 }
 
 /// Home Assistant accepts `[a-zA-Z0-9_-]` in object ids.
@@ -23,6 +46,32 @@ fn object_id(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `right_half` as a person would write it: `Right half`.
+fn title(id: &str) -> String {
+    let spaced = id.replace(['_', '-'], " ");
+    let mut chars = spaced.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => spaced,
+    }
+}
+
+/// A Jinja string literal for a value template: quotes and backslashes escaped.
+fn jinja_string(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// The camera's own web page: its stream's host over HTTP, the link a camera device offers.
+fn web_url(stream_url: &str) -> Option<String> {
+    let rest = stream_url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next()?),
+        None => authority.split(':').next()?.to_string(),
+    };
+    (!host.is_empty()).then(|| format!("http://{host}/"))
 }
 
 impl Discovery {
@@ -39,128 +88,281 @@ impl Discovery {
         )
     }
 
-    /// The keys every entity carries: name, unique id, availability and the shared device.
-    fn entity(&self, name: &str, object: &str, extra: Value) -> Value {
+    fn box_device(&self) -> Value {
+        json!({
+            "identifiers": [self.node()],
+            "name": format!("Heldar {}", self.device_id),
+            "manufacturer": "Heldar",
+            "model": "Heldar Edge",
+            "sw_version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+
+    fn camera_device(&self, cam: &CameraInfo) -> Value {
+        let mut device = json!({
+            "identifiers": [format!("{}_{}", self.node(), object_id(cam.id))],
+            "name": cam.name,
+            "manufacturer": "Heldar",
+            "model": "Camera recorded by Heldar Edge",
+            "sw_version": env!("CARGO_PKG_VERSION"),
+            "via_device": self.node(),
+        });
+        if let Some(url) = cam.stream_url.and_then(web_url) {
+            device["configuration_url"] = url.into();
+        }
+        device
+    }
+
+    /// One entity's config: the keys every entity carries (name, ids, availability, device)
+    /// and its own. `object_id` is what Home Assistant up to 2026.3 reads for the entity id,
+    /// `default_entity_id` what later versions read; older ones ignore the key they do not know.
+    fn entity(
+        &self,
+        component: &str,
+        name: &str,
+        object: &str,
+        device: Value,
+        extra: Value,
+    ) -> (String, Value) {
+        let id = format!("{}_{}", self.node(), object_id(object));
         let mut v = json!({
             "name": name,
-            "unique_id": format!("{}_{}", self.node(), object_id(object)),
-            "object_id": format!("{}_{}", self.node(), object_id(object)),
+            "unique_id": id,
+            "object_id": id,
+            "default_entity_id": format!("{component}.{id}"),
             "availability_topic": format!("{}/availability", self.root),
             "payload_available": "online",
             "payload_not_available": "offline",
-            "device": {
-                "identifiers": [self.node()],
-                "name": format!("Heldar {}", self.device_id),
-                "manufacturer": "Heldar",
-                "model": "Heldar Edge",
-                "sw_version": env!("CARGO_PKG_VERSION"),
-            },
+            "device": device,
         });
         if let (Some(o), Value::Object(extra)) = (v.as_object_mut(), extra) {
             o.extend(extra);
         }
-        v
+        (self.topic(component, object), v)
     }
 
-    /// Online binary sensor and `record`/`detect` switches of a camera.
-    pub fn camera(&self, id: &str, name: &str) -> Vec<(String, Value)> {
-        let cam = format!("{}/cameras/{id}", self.root);
-        let mut out = vec![(
-            self.topic("binary_sensor", &format!("{id}_online")),
-            self.entity(
-                &format!("{name} online"),
-                &format!("{id}_online"),
-                json!({
-                    "device_class": "connectivity",
-                    "state_topic": format!("{cam}/state"),
-                    "value_template": "{{ 'ON' if value_json.status in ['recording', 'streaming'] else 'OFF' }}",
-                }),
-            ),
+    /// A camera's health, switches and snapshot: online, `record` and `detect`, frame rate,
+    /// bitrate, reconnects and last segment from `cameras/<cam>/state`, the latest snapshot as a
+    /// camera entity and a button that takes one.
+    pub fn camera(&self, cam: &CameraInfo) -> Vec<(String, Value)> {
+        let id = cam.id;
+        let topics = format!("{}/cameras/{id}", self.root);
+        let state = format!("{topics}/state");
+        let device = || self.camera_device(cam);
+        let mut out = vec![self.entity(
+            "binary_sensor",
+            "Online",
+            &format!("{id}_online"),
+            device(),
+            json!({
+                "device_class": "connectivity",
+                "state_topic": state,
+                "value_template": "{{ 'ON' if value_json.status in ['recording', 'streaming'] else 'OFF' }}",
+            }),
         )];
         for toggle in ["record", "detect"] {
-            out.push((
-                self.topic("switch", &format!("{id}_{toggle}")),
-                self.entity(
-                    &format!("{name} {toggle}"),
-                    &format!("{id}_{toggle}"),
-                    json!({
-                        "state_topic": format!("{cam}/{toggle}/state"),
-                        "command_topic": format!("{cam}/{toggle}/set"),
-                        "payload_on": "ON",
-                        "payload_off": "OFF",
-                        "state_on": "ON",
-                        "state_off": "OFF",
-                    }),
-                ),
+            out.push(self.entity(
+                "switch",
+                &title(toggle),
+                &format!("{id}_{toggle}"),
+                device(),
+                json!({
+                    "state_topic": format!("{topics}/{toggle}/state"),
+                    "command_topic": format!("{topics}/{toggle}/set"),
+                    "payload_on": "ON",
+                    "payload_off": "OFF",
+                    "state_on": "ON",
+                    "state_off": "OFF",
+                }),
+            ));
+        }
+        for (name, key, extra) in [
+            (
+                "Frame rate",
+                "fps",
+                json!({"unit_of_measurement": "fps", "state_class": "measurement"}),
+            ),
+            (
+                "Bitrate",
+                "bitrate_kbps",
+                json!({"unit_of_measurement": "kbit/s", "device_class": "data_rate",
+                       "state_class": "measurement"}),
+            ),
+            (
+                "Reconnects",
+                "reconnects",
+                json!({"state_class": "total_increasing"}),
+            ),
+            (
+                "Last segment",
+                "last_segment_at",
+                json!({"device_class": "timestamp"}),
+            ),
+        ] {
+            let mut config = json!({
+                "state_topic": state,
+                "value_template": format!("{{{{ value_json.{key} }}}}"),
+                "entity_category": "diagnostic",
+            });
+            if let (Some(o), Value::Object(extra)) = (config.as_object_mut(), extra) {
+                o.extend(extra);
+            }
+            out.push(self.entity("sensor", name, &format!("{id}_{key}"), device(), config));
+        }
+        out.push(self.entity(
+            "camera",
+            "Snapshot",
+            &format!("{id}_snapshot"),
+            device(),
+            json!({ "topic": format!("{topics}/snapshot") }),
+        ));
+        out.push(self.entity(
+            "button",
+            "Take snapshot",
+            &format!("{id}_take_snapshot"),
+            device(),
+            json!({
+                "command_topic": format!("{}/cmd/snapshot/{id}", self.root),
+                "payload_press": "PRESS",
+            }),
+        ));
+        out
+    }
+
+    /// Live objects of one label on a camera: a count, and whether any is there.
+    pub fn label(&self, cam: &CameraInfo, label: &str) -> Vec<(String, Value)> {
+        let state = format!("{}/cameras/{}/{label}", self.root, cam.id);
+        vec![
+            self.entity(
+                "sensor",
+                &format!("{} count", title(label)),
+                &format!("{}_{label}_count", cam.id),
+                self.camera_device(cam),
+                json!({ "state_topic": state, "state_class": "measurement" }),
+            ),
+            self.entity(
+                "binary_sensor",
+                &format!("{} detected", title(label)),
+                &format!("{}_{label}_detected", cam.id),
+                self.camera_device(cam),
+                json!({
+                    "state_topic": state,
+                    "device_class": "occupancy",
+                    "value_template": "{{ 'ON' if value | int(0) > 0 else 'OFF' }}",
+                }),
+            ),
+        ]
+    }
+
+    /// A region: its occupancy in all and per label, as counts and as occupied or not. A line
+    /// has no inside, so it gets an event entity that fires `cross_ab` or `cross_ba` from the
+    /// zone events on `events/zone` instead.
+    pub fn zone(&self, zone: &ZoneInfo) -> Vec<(String, Value)> {
+        let name = title(zone.name);
+        let device = || self.camera_device(zone.camera);
+        if zone.line {
+            let this = jinja_string(zone.name);
+            return vec![self.entity(
+                "event",
+                &format!("{name} crossing"),
+                &format!("zone_{}_crossing", zone.name),
+                device(),
+                json!({
+                    "state_topic": format!("{}/events/zone", self.root),
+                    "event_types": ["cross_ab", "cross_ba"],
+                    "value_template": format!(
+                        "{{% if value_json.zone == {this} and value_json.type in ['cross_ab', 'cross_ba'] %}}\
+                         {{{{ {{'event_type': value_json.type, 'label': value_json.label, 'track_id': value_json.track_id}} | to_json }}}}\
+                         {{% endif %}}"
+                    ),
+                }),
+            )];
+        }
+        let state = format!("{}/zones/{}/occupancy", self.root, zone.name);
+        let mut out = vec![
+            self.entity(
+                "sensor",
+                &format!("{name} occupancy"),
+                &format!("zone_{}_occupancy", zone.name),
+                device(),
+                json!({
+                    "state_topic": state,
+                    "value_template": "{{ value_json.total }}",
+                    "state_class": "measurement",
+                }),
+            ),
+            self.entity(
+                "binary_sensor",
+                &format!("{name} occupied"),
+                &format!("zone_{}_occupied", zone.name),
+                device(),
+                json!({
+                    "state_topic": state,
+                    "device_class": "occupancy",
+                    "value_template": "{{ 'ON' if value_json.total > 0 else 'OFF' }}",
+                }),
+            ),
+        ];
+        for label in zone.labels {
+            let count = format!(
+                "(value_json.by_label[{}] | default(0))",
+                jinja_string(label)
+            );
+            out.push(self.entity(
+                "sensor",
+                &format!("{name} {label} count"),
+                &format!("zone_{}_{label}_count", zone.name),
+                device(),
+                json!({
+                    "state_topic": state,
+                    "value_template": format!("{{{{ {count} }}}}"),
+                    "state_class": "measurement",
+                }),
+            ));
+            out.push(self.entity(
+                "binary_sensor",
+                &format!("{name} {label} occupancy"),
+                &format!("zone_{}_{label}_occupancy", zone.name),
+                device(),
+                json!({
+                    "state_topic": state,
+                    "device_class": "occupancy",
+                    "value_template": format!("{{{{ 'ON' if {count} > 0 else 'OFF' }}}}"),
+                }),
             ));
         }
         out
     }
 
-    /// Count of live objects of one label on one camera.
-    pub fn label(&self, camera: &str, camera_name: &str, label: &str) -> (String, Value) {
-        let object = format!("{camera}_{label}_count");
-        (
-            self.topic("sensor", &object),
-            self.entity(
-                &format!("{camera_name} {label} count"),
-                &object,
-                json!({
-                    "state_topic": format!("{}/cameras/{camera}/{label}", self.root),
-                    "state_class": "measurement",
-                }),
-            ),
-        )
-    }
-
-    /// Occupancy of a zone.
-    pub fn zone(&self, zone: &str) -> (String, Value) {
-        let object = format!("zone_{zone}_occupancy");
-        (
-            self.topic("sensor", &object),
-            self.entity(
-                &format!("{zone} occupancy"),
-                &object,
-                json!({
-                    "state_topic": format!("{}/zones/{zone}/occupancy", self.root),
-                    "value_template": "{{ value_json.total }}",
-                    "state_class": "measurement",
-                }),
-            ),
-        )
-    }
-
-    /// Outbox backlog and disk use, from `stats`.
+    /// Outbox backlog and disk use, from `stats`, on the box's own device.
     pub fn box_sensors(&self) -> Vec<(String, Value)> {
         let stats = format!("{}/stats", self.root);
         vec![
-            (
-                self.topic("sensor", "outbox_backlog"),
-                self.entity(
-                    "Outbox backlog",
-                    "outbox_backlog",
-                    json!({
-                        "state_topic": stats,
-                        "value_template": "{{ value_json.outbox.backlog }}",
-                        "unit_of_measurement": "records",
-                        "state_class": "measurement",
-                        "entity_category": "diagnostic",
-                    }),
-                ),
+            self.entity(
+                "sensor",
+                "Outbox backlog",
+                "outbox_backlog",
+                self.box_device(),
+                json!({
+                    "state_topic": stats,
+                    "value_template": "{{ value_json.outbox.backlog }}",
+                    "unit_of_measurement": "records",
+                    "state_class": "measurement",
+                    "entity_category": "diagnostic",
+                }),
             ),
-            (
-                self.topic("sensor", "disk_used"),
-                self.entity(
-                    "Disk used",
-                    "disk_used",
-                    json!({
-                        "state_topic": stats,
-                        "value_template": "{{ value_json.disk.used_percent }}",
-                        "unit_of_measurement": "%",
-                        "state_class": "measurement",
-                        "entity_category": "diagnostic",
-                    }),
-                ),
+            self.entity(
+                "sensor",
+                "Disk used",
+                "disk_used",
+                self.box_device(),
+                json!({
+                    "state_topic": stats,
+                    "value_template": "{{ value_json.disk.used_percent }}",
+                    "unit_of_measurement": "%",
+                    "state_class": "measurement",
+                    "entity_category": "diagnostic",
+                }),
             ),
         ]
     }
@@ -183,21 +385,78 @@ mod tests {
             root: "heldar/box1".into(),
             device_id: "box1".into(),
         };
-        let mut all = d.camera("gate", "Gate");
-        all.push(d.label("gate", "Gate", "person"));
-        all.push(d.zone("driveway"));
+        let gate = CameraInfo {
+            id: "gate",
+            name: "Front gate",
+            stream_url: Some("rtsp://192.168.1.10:554/stream1"),
+        };
+        let labels = ["person".to_string()];
+        let mut all = d.camera(&gate);
+        all.extend(d.label(&gate, "person"));
+        for line in [false, true] {
+            all.extend(d.zone(&ZoneInfo {
+                name: if line { "door_line" } else { "driveway" },
+                camera: &gate,
+                line,
+                labels: &labels,
+            }));
+        }
         all.extend(d.box_sensors());
-        for (topic, config) in all {
+        let mut ids = std::collections::HashSet::new();
+        for (topic, config) in &all {
             assert!(
                 topic.starts_with("homeassistant/") && topic.ends_with("/config"),
                 "{topic}"
             );
-            assert!(d.owns(&topic));
+            assert!(d.owns(topic));
             for key in ["name", "unique_id", "availability_topic", "device"] {
                 assert!(config.get(key).is_some(), "{topic} lacks {key}");
             }
-            assert!(config.get("state_topic").is_some() || config.get("command_topic").is_some());
-            assert_eq!(config["device"]["identifiers"][0], "heldar_box1");
+            let component = topic.split('/').nth(1).unwrap();
+            assert_eq!(
+                config["default_entity_id"],
+                format!("{component}.{}", config["object_id"].as_str().unwrap()),
+                "{topic}"
+            );
+            assert!(ids.insert(config["unique_id"].to_string()), "{topic}");
+            assert!(
+                !config["name"].as_str().unwrap().starts_with("Front gate"),
+                "{topic}: Home Assistant adds the device name itself"
+            );
         }
+        let (_, online) = &all[0];
+        assert_eq!(online["device"]["via_device"], "heldar_box1");
+        assert_eq!(online["device"]["name"], "Front gate");
+        assert_eq!(
+            online["device"]["configuration_url"],
+            "http://192.168.1.10/"
+        );
+        let line: Vec<_> = all
+            .iter()
+            .filter(|(t, _)| t.contains("door_line"))
+            .collect();
+        assert_eq!(
+            line.len(),
+            1,
+            "a line has one crossing entity, no occupancy"
+        );
+        assert!(line[0].0.starts_with("homeassistant/event/"));
+        assert!(
+            all.iter()
+                .any(|(t, _)| t.ends_with("/zone_driveway_person_occupancy/config"))
+        );
+    }
+
+    #[test]
+    fn a_camera_page_is_its_stream_host_over_http() {
+        assert_eq!(
+            web_url("rtsp://10.0.0.5:554/x").as_deref(),
+            Some("http://10.0.0.5/")
+        );
+        assert_eq!(
+            web_url("rtsps://[fe80::1]:322/x").as_deref(),
+            Some("http://[fe80::1]/")
+        );
+        assert_eq!(web_url("not a url"), None);
     }
 }

@@ -112,12 +112,15 @@ impl Uplink {
         let nudge = Arc::new(state::StateNudge::default());
         let tasks = TaskTracker::new();
 
+        // The connection outlives the other tasks by the cameras' goodbye (state::run's last
+        // publishes): it ends once they are done.
+        let session_stop = CancellationToken::new();
         tasks.spawn(session::drive(
             link.clone(),
             eventloop,
             acker,
             inbound_tx,
-            shutdown.clone(),
+            session_stop.clone(),
         ));
         tasks.spawn(events::run(
             link.clone(),
@@ -125,7 +128,7 @@ impl Uplink {
             root.clone(),
             shutdown.clone(),
         ));
-        tasks.spawn(state::run(
+        let state = tokio::spawn(state::run(
             state::StateSource {
                 root: root.clone(),
                 registry: self.deps.registry.clone(),
@@ -144,6 +147,7 @@ impl Uplink {
             link.clone(),
             nudge.clone(),
             shutdown.clone(),
+            session_stop.clone(),
         ));
         tasks.spawn(subscribe_on_connect(
             link.clone(),
@@ -166,6 +170,8 @@ impl Uplink {
         tasks.spawn(commands.run(inbound_rx, shutdown.clone()));
         tasks.close();
         shutdown.cancelled().await;
+        let _ = state.await;
+        session_stop.cancel();
         tasks.wait().await;
         Ok(())
     }

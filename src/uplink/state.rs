@@ -17,10 +17,12 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::discovery::Discovery;
+use super::discovery::{CameraInfo, Discovery, ZoneInfo};
 use super::events::CONSUMER;
 use super::session::{Link, Stopping, Tag};
-use crate::media::{CameraState, Media};
+use crate::config::model::{StreamProfile, ZoneKind};
+use crate::media::url::stream_url;
+use crate::media::{CameraHealth, CameraState, Media};
 use crate::outbox::Outbox;
 use crate::perception::detections;
 use crate::registry::Registry;
@@ -122,6 +124,26 @@ impl StateSource {
 
         let mut raw: Vec<(String, Vec<u8>)> =
             vec![(format!("{root}/availability"), b"online".to_vec())];
+        // The labels each camera keeps a topic for: its zones' entities count the same ones.
+        let mut kept_by_camera: HashMap<&str, Vec<String>> = HashMap::new();
+        let infos: HashMap<&str, (String, Option<String>)> = cameras
+            .iter()
+            .map(|c| {
+                let name = c
+                    .settings
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| c.id().to_string());
+                (c.id(), (name, stream_url(&c.settings, StreamProfile::Main)))
+            })
+            .collect();
+        let info = |id: &'_ str| -> Option<CameraInfo<'_>> {
+            infos.get_key_value(id).map(|(id, (name, url))| CameraInfo {
+                id,
+                name,
+                stream_url: url.as_deref(),
+            })
+        };
         for c in &cameras {
             let id = c.id();
             let health = self.media.health().get(id);
@@ -132,13 +154,7 @@ impl StateSource {
             };
             put(
                 format!("{root}/cameras/{id}/state"),
-                &json!({
-                    "status": status,
-                    "fps": health.as_ref().and_then(|h| h.fps).map(|f| (f * 10.0).round() / 10.0),
-                    "bitrate_kbps": health.as_ref().and_then(|h| h.bitrate_kbps).map(f64::round),
-                    "last_segment_at": health.as_ref().and_then(|h| h.last_segment_at),
-                    "reconnects": health.as_ref().map_or(0, |h| h.reconnects),
-                }),
+                &camera_state(status, health.as_ref(), true),
             );
             for (toggle, on) in [("record", c.record), ("detect", c.detect)] {
                 raw.push((
@@ -175,19 +191,22 @@ impl StateSource {
                 });
                 kept
             };
-            for label in names {
-                let n = live.get(&label).copied().unwrap_or(0);
+            let cam = info(id);
+            for label in &names {
+                let n = live.get(label).copied().unwrap_or(0);
                 raw.push((format!("{prefix}{label}"), n.to_string().into_bytes()));
-                if let Some(d) = &self.discovery {
-                    let (t, v) = d.label(id, c.settings.name.as_deref().unwrap_or(id), &label);
+                if let (Some(d), Some(cam)) = (&self.discovery, &cam) {
+                    for (t, v) in d.label(cam, label) {
+                        put(t, &v);
+                    }
+                }
+            }
+            if let (Some(d), Some(cam)) = (&self.discovery, &cam) {
+                for (t, v) in d.camera(cam) {
                     put(t, &v);
                 }
             }
-            if let Some(d) = &self.discovery {
-                for (t, v) in d.camera(id, c.settings.name.as_deref().unwrap_or(id)) {
-                    put(t, &v);
-                }
-            }
+            kept_by_camera.insert(id, names.into_iter().collect());
         }
         for z in &zones {
             let name = &z.settings.name;
@@ -196,9 +215,26 @@ impl StateSource {
                 .cloned()
                 .unwrap_or_else(|| json!({"total": 0, "by_label": {}, "updated_at": null}));
             put(format!("{root}/zones/{name}/occupancy"), &occ);
-            if let Some(d) = &self.discovery {
-                let (t, v) = d.zone(name);
-                put(t, &v);
+            if let (Some(d), Some(cam)) = (&self.discovery, info(&z.settings.camera)) {
+                // A zone that counts only some labels gets entities for those; one that
+                // counts every label, for those its camera keeps.
+                let labels = if z.settings.labels.is_empty() {
+                    kept_by_camera
+                        .get(z.settings.camera.as_str())
+                        .cloned()
+                        .unwrap_or_default()
+                } else {
+                    z.settings.labels.clone()
+                };
+                let zone = ZoneInfo {
+                    name,
+                    camera: &cam,
+                    line: z.settings.kind == ZoneKind::Line,
+                    labels: &labels,
+                };
+                for (t, v) in d.zone(&zone) {
+                    put(t, &v);
+                }
             }
         }
         for (kind, id, object) in self.registry.configured().await? {
@@ -270,6 +306,52 @@ impl StateSource {
     }
 }
 
+/// A camera's `cameras/<cam>/state`; a stopped box keeps the last segment and the reconnects
+/// but claims no rate (`live` false).
+fn camera_state(status: &str, health: Option<&CameraHealth>, live: bool) -> Value {
+    let live_health = health.filter(|_| live);
+    json!({
+        "status": status,
+        "fps": live_health.and_then(|h| h.fps).map(|f| (f * 10.0).round() / 10.0),
+        "bitrate_kbps": live_health.and_then(|h| h.bitrate_kbps).map(f64::round),
+        "last_segment_at": health.and_then(|h| h.last_segment_at),
+        "reconnects": health.map_or(0, |h| h.reconnects),
+    })
+}
+
+/// How long a stopping box waits for the broker to take its cameras' last state.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl StateSource {
+    /// On a clean stop, leaves every camera's retained state saying `stopped` instead of the
+    /// `recording` it said last, so whoever reads it while the box is down is not misled.
+    /// `session` is the connection's own token, which outlives the uplink's shutdown for this.
+    async fn say_stopped(&self, link: &Link, session: &CancellationToken) {
+        if link.connection().borrow().is_none() {
+            return;
+        }
+        let Ok(cameras) = self.registry.cameras().await else {
+            return;
+        };
+        for c in &cameras {
+            let health = self.media.health().get(c.id());
+            let state = camera_state("stopped", health.as_ref(), false);
+            let topic = format!("{}/cameras/{}/state", self.root, c.id());
+            let payload = serde_json::to_vec(&state).unwrap_or_default();
+            if link
+                .publish(&topic, QoS::AtLeastOnce, true, payload, Tag::Other, session)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        if !link.settled(GOODBYE_TIMEOUT).await {
+            tracing::warn!("the broker did not take the cameras' last state before the stop");
+        }
+    }
+}
+
 async fn load_published(store: &Store) -> Result<BTreeSet<String>, StoreError> {
     store
         .read(|c| {
@@ -312,6 +394,7 @@ pub async fn run(
     link: Arc<Link>,
     nudge: Arc<StateNudge>,
     shutdown: CancellationToken,
+    session: CancellationToken,
 ) {
     let mut published = match load_published(&source.store).await {
         Ok(p) => p,
@@ -352,20 +435,21 @@ pub async fn run(
             .await
             {
                 Ok(()) => {}
-                Err(RoundError::Stopping) => return,
+                Err(RoundError::Stopping) => break,
                 Err(RoundError::Failed(e)) => {
                     tracing::warn!(error = %e, "cannot publish MQTT state")
                 }
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
             _ = connection.changed() => {}
             _ = changes.changed() => {}
             _ = nudge.notify.notified() => {}
             _ = tokio::time::sleep(ROUND) => {}
         }
     }
+    source.say_stopped(&link, &session).await;
 }
 
 enum RoundError {

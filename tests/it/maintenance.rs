@@ -612,6 +612,50 @@ fn start_demo(dir: &std::path::Path) -> (std::process::Child, String) {
     (child, url)
 }
 
+/// The pids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // After `(comm)`: state, then the parent's pid.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+/// Gone, or a zombie nobody reaps yet: either way no longer running.
+fn exited(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+    })
+}
+
+/// Issue 18: a `heldar demo` killed with SIGKILL leaves no motion worker behind.
+#[test]
+fn a_killed_demo_takes_its_worker_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut demo, _url) = start_demo(&dir.path().join("demo"));
+    let worker = wait_for(Duration::from_secs(30), || {
+        children_of(demo.id()).into_iter().find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("worker\0motion"))
+        })
+    })
+    .expect("the demo starts its motion worker");
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || exited(worker).then_some(())).is_some(),
+        "the worker {worker} outlived the demo"
+    );
+}
+
 fn chromium(profile: &std::path::Path, extra: &[&str], url: &str) -> String {
     let out = Command::new("chromium")
         .args([

@@ -484,7 +484,7 @@ fn config_over_mqtt_applies_good_changes_and_refuses_bad_ones_untouched() {
 fn home_assistant_discovery_has_the_required_keys() {
     let broker = Broker::start(BrokerSetup::default());
     let sub = Sub::start(broker.port, "ha", &["homeassistant/#"], false);
-    let _d = daemon_with_broker(&format!("url = \"{}\"", broker.url()));
+    let mut d = daemon_with_broker(&format!("url = \"{}\"", broker.url()));
     let need = [
         "homeassistant/binary_sensor/heldar_test/gate_online/config",
         "homeassistant/switch/heldar_test/gate_record/config",
@@ -517,8 +517,19 @@ fn home_assistant_discovery_has_the_required_keys() {
         for key in ["name", "unique_id", "availability_topic", "device"] {
             assert!(v.get(key).is_some(), "{} lacks {key}", g.topic);
         }
-        assert!(v.get("state_topic").is_some() || v.get("command_topic").is_some());
-        assert_eq!(v["device"]["identifiers"][0], "heldar_test");
+        assert!(
+            ["state_topic", "command_topic", "topic"]
+                .iter()
+                .any(|k| v.get(k).is_some()),
+            "{} has nothing to read or write",
+            g.topic
+        );
+        let device = v["device"]["identifiers"][0].as_str().unwrap();
+        if device != "heldar_test" {
+            // A camera's own device, linked to the box.
+            assert_eq!(v["device"]["via_device"], "heldar_test", "{}", g.topic);
+            assert!(device.starts_with("heldar_test_"), "{}", g.topic);
+        }
         assert_eq!(v["availability_topic"], "heldar/test/availability");
         if g.topic.contains("/switch/") {
             assert!(v["command_topic"].as_str().unwrap().ends_with("/set"));
@@ -526,6 +537,17 @@ fn home_assistant_discovery_has_the_required_keys() {
         seen.insert(v["unique_id"].as_str().unwrap().to_string());
     }
     assert!(seen.len() >= need.len());
+
+    // A clean stop leaves the camera's retained state saying so, not `recording`.
+    let state = "heldar/test/cameras/gate/state";
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(30)).is_some(), "stops");
+    let fresh = Sub::start(broker.port, "after", &[state], false);
+    let last = fresh
+        .wait(state, Duration::from_secs(20), |g| g.retain)
+        .expect("the camera's state stays retained");
+    assert_eq!(last.json()["status"], "stopped", "{}", last.text());
+    assert_eq!(last.json()["fps"], Value::Null, "{}", last.text());
 }
 
 /// A test CA, a server certificate for localhost/127.0.0.1, and a mosquitto password file.
