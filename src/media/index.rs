@@ -4,7 +4,7 @@
 //! directories first. Gaps are derived here, in the same transaction as the segment that ends
 //! them, so a gap row exists exactly when its closing segment does.
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 /// A hole shorter than this is jitter between segments, not a gap.
@@ -226,6 +226,16 @@ pub struct Footage {
     pub segments: i64,
     pub bytes: i64,
     pub gaps: i64,
+}
+
+/// When the camera's newest segment ends (Unix ms), from the index: known across restarts, unlike
+/// the health board's figure. One index probe (`segments_by_camera`), cheap enough for every
+/// state round.
+pub fn last_segment_end_ms(c: &Connection, camera: &str) -> rusqlite::Result<Option<i64>> {
+    let mut stmt = c.prepare_cached(
+        "SELECT end_ms FROM segments WHERE camera_id = ?1 ORDER BY start_ms DESC LIMIT 1",
+    )?;
+    stmt.query_row([camera], |r| r.get(0)).optional()
 }
 
 /// Footage kept per camera, by camera id, for the metrics.

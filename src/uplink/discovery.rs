@@ -142,8 +142,8 @@ impl Discovery {
     }
 
     /// A camera's health, switches and snapshot: online, `record` and `detect`, frame rate,
-    /// bitrate, reconnects and last segment from `cameras/<cam>/state`, the latest snapshot as a
-    /// camera entity and a button that takes one.
+    /// bitrate and reconnects from `cameras/<cam>/state`, the last segment from its own topic, the
+    /// latest snapshot as a camera entity and a button that takes one.
     pub fn camera(&self, cam: &CameraInfo) -> Vec<(String, Value)> {
         let id = cam.id;
         let topics = format!("{}/cameras/{id}", self.root);
@@ -193,11 +193,6 @@ impl Discovery {
                 "reconnects",
                 json!({"state_class": "total_increasing"}),
             ),
-            (
-                "Last segment",
-                "last_segment_at",
-                json!({"device_class": "timestamp"}),
-            ),
         ] {
             let mut config = json!({
                 "state_topic": state,
@@ -209,6 +204,17 @@ impl Discovery {
             }
             out.push(self.entity("sensor", name, &format!("{id}_{key}"), device(), config));
         }
+        out.push(self.entity(
+            "sensor",
+            "Last segment",
+            &format!("{id}_last_segment"),
+            device(),
+            json!({
+                "state_topic": format!("{topics}/last_segment"),
+                "device_class": "timestamp",
+                "entity_category": "diagnostic",
+            }),
+        ));
         out.push(self.entity(
             "camera",
             "Snapshot",

@@ -21,6 +21,7 @@ use super::discovery::{CameraInfo, Discovery, ZoneInfo};
 use super::events::CONSUMER;
 use super::session::{Link, Stopping, Tag};
 use crate::config::model::{StreamProfile, ZoneKind};
+use crate::media::index;
 use crate::media::url::stream_url;
 use crate::media::{CameraHealth, CameraState, Media};
 use crate::outbox::Outbox;
@@ -36,7 +37,7 @@ const STATS_EVERY: Duration = Duration::from_secs(30);
 /// A label counts objects seen in a task's latest batch no older than this.
 const LIVE: Duration = Duration::from_secs(10);
 /// Topic levels under `cameras/<cam>/` that are not labels.
-const RESERVED: [&str; 4] = ["state", "snapshot", "record", "detect"];
+const RESERVED: [&str; 5] = ["state", "snapshot", "record", "detect", "last_segment"];
 
 /// Where the state comes from.
 pub struct StateSource {
@@ -120,7 +121,7 @@ impl StateSource {
         let cameras = self.registry.cameras().await?;
         let zones = self.registry.zones().await?;
         let ids: Vec<String> = cameras.iter().map(|c| c.id().to_string()).collect();
-        let (labels, occupancy) = self.counts(ids.clone()).await?;
+        let (labels, occupancy, last_segments) = self.counts(ids.clone()).await?;
 
         let mut raw: Vec<(String, Vec<u8>)> =
             vec![(format!("{root}/availability"), b"online".to_vec())];
@@ -156,6 +157,18 @@ impl StateSource {
                 format!("{root}/cameras/{id}/state"),
                 &camera_state(status, health.as_ref(), true),
             );
+            // On its own topic, and only once known: Home Assistant's timestamp sensor warns
+            // about a null.
+            if let Some(at) = last_segments
+                .get(id)
+                .and_then(|ms| chrono::DateTime::from_timestamp_millis(*ms))
+            {
+                raw.push((
+                    format!("{root}/cameras/{id}/last_segment"),
+                    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                        .into_bytes(),
+                ));
+            }
             for (toggle, on) in [("record", c.record), ("detect", c.detect)] {
                 raw.push((
                     format!("{root}/cameras/{id}/{toggle}/state"),
@@ -249,7 +262,8 @@ impl StateSource {
         Ok(out)
     }
 
-    /// Live label counts per camera and occupancy per zone, from the database.
+    /// Live label counts and the end of the newest segment per camera, and occupancy per
+    /// zone, from the database.
     async fn counts(
         &self,
         cameras: Vec<String>,
@@ -257,6 +271,7 @@ impl StateSource {
         (
             HashMap<String, BTreeMap<String, u64>>,
             HashMap<String, Value>,
+            HashMap<String, i64>,
         ),
         StoreError,
     > {
@@ -264,7 +279,11 @@ impl StateSource {
         self.store
             .read(move |c| {
                 let mut labels = HashMap::new();
+                let mut last_segments = HashMap::new();
                 for camera in cameras {
+                    if let Some(end) = index::last_segment_end_ms(c, &camera)? {
+                        last_segments.insert(camera.clone(), end);
+                    }
                     let by_label = detections::live_label_counts(c, &camera, since)?;
                     labels.insert(camera, by_label);
                 }
@@ -278,7 +297,7 @@ impl StateSource {
                         json!({"total": row.total, "by_label": row.by_label, "updated_at": at}),
                     );
                 }
-                Ok((labels, occupancy))
+                Ok((labels, occupancy, last_segments))
             })
             .await
     }

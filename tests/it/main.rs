@@ -9,6 +9,7 @@ mod durability;
 mod faults;
 mod faults_media;
 mod fixtures;
+mod home_assistant;
 mod http_limits;
 mod lossfs;
 mod maintenance;
