@@ -39,7 +39,7 @@ install:
 
 # A real Home Assistant core for the discovery test, in a venv under target/ (about 20 s and
 # 360 MB from PyPI the first time; nothing once it is there).
-home-assistant:
+home-assistant: test-deps
 	tests/home-assistant/setup.sh target/home-assistant
 
 demo: deps

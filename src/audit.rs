@@ -41,6 +41,11 @@ pub struct AuditEntry {
 pub struct What(pub String);
 
 impl What {
+    /// An object removed: `zone door removed`.
+    pub fn removed(kind: &str, id: &str) -> What {
+        What(format!("{kind} {id} removed"))
+    }
+
     /// A relay switched by hand: `relay 2 pulse 500ms`.
     pub fn relay(relay: u16, op: &crate::config::rules::RelayOp) -> What {
         What(format!("relay {relay} {op}"))
@@ -52,7 +57,7 @@ impl What {
     pub fn change(kind: &str, id: &str, before: Option<&Value>, after: Option<&Value>) -> What {
         What(match (before, after) {
             (None, Some(_)) => format!("{kind} {id} added"),
-            (Some(_), None) => format!("{kind} {id} removed"),
+            (Some(_), None) => return What::removed(kind, id),
             (None, None) => format!("{kind} {id} not there"),
             (Some(b), Some(a)) => {
                 let empty = serde_json::Map::new();

@@ -14,7 +14,6 @@ use super::{ApiError, AppState, json_body, raw_body};
 use crate::audit::What;
 use crate::auth::{Principal, Role};
 use crate::config::model::{CameraConfig, StreamProfile};
-use crate::config::secret::redact_url;
 
 const VIEW: &[Role] = &[Role::Viewer, Role::Operator];
 const OPERATE: &[Role] = &[Role::Operator];
@@ -67,7 +66,7 @@ impl CameraView {
 }
 
 fn shown_url(c: &CameraConfig, profile: StreamProfile) -> Option<String> {
-    url::stream_url(c, profile).map(|u| redact_url(&u))
+    url::stream_url(&c.shown(), profile)
 }
 
 pub(super) async fn list(
@@ -115,9 +114,14 @@ pub(super) async fn put(
         .and_then(|v| requests::camera(v, None))
         .map_err(|p| ApiError::new(StatusCode::BAD_REQUEST, p.to_string()))?;
     let id = settings.id.clone();
-    let before = state.registry.audit_view(ConfigKind::Camera, &id).await?;
-    let camera = state.registry.change_camera(settings, password).await?;
-    let after = state.registry.audit_view(ConfigKind::Camera, &id).await?;
+    let registry = &state.registry;
+    let (camera, before, after) = registry
+        .with_views(
+            ConfigKind::Camera,
+            &id,
+            registry.change_camera(settings, password),
+        )
+        .await?;
     Ok(Named(
         What::change("camera", &id, before.as_ref(), after.as_ref()),
         Json(CameraView::new(&camera, None)),
@@ -133,7 +137,7 @@ pub(super) async fn delete(
     check_id(&id)?;
     state.registry.delete_camera(&id).await?;
     Ok(Named(
-        What(format!("camera {id} removed")),
+        What::removed("camera", &id),
         Json(serde_json::json!({ "removed": id })),
     ))
 }

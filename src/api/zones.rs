@@ -73,9 +73,9 @@ async fn put_named(
     zone: ZoneConfig,
 ) -> Result<Named<Json<StoredZone>>, ApiError> {
     let name = zone.name.clone();
-    let before = registry.audit_view(ConfigKind::Zone, &name).await?;
-    let stored = registry.put_zone(zone).await?;
-    let after = registry.audit_view(ConfigKind::Zone, &name).await?;
+    let (stored, before, after) = registry
+        .with_views(ConfigKind::Zone, &name, registry.put_zone(zone))
+        .await?;
     Ok(Named(
         What::change("zone", &name, before.as_ref(), after.as_ref()),
         Json(stored),
@@ -129,7 +129,7 @@ pub(super) async fn delete(
     who.require(ADMIN)?;
     state.registry.delete_zone(&id).await?;
     Ok(Named(
-        What(format!("zone {id} removed")),
+        What::removed("zone", &id),
         Json(serde_json::json!({ "removed": id })),
     ))
 }

@@ -30,7 +30,7 @@ pub struct AddArgs {
     id: String,
     #[arg(long)]
     name: Option<String>,
-    /// Main stream URL (without credentials).
+    /// Main stream URL; rtsp://user:pass@host/... is split into the user name and the password.
     #[arg(long)]
     url: Option<String>,
     #[arg(long)]

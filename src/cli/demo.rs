@@ -175,14 +175,16 @@ fn start_worker(addr: SocketAddr, token: &str) -> Option<std::process::Child> {
     let demo = nix::unistd::getpid();
     let mut command = std::process::Command::new(exe);
     // SAFETY: between fork and exec the closure calls only prctl(2) and getppid(2), both
-    // async-signal-safe, and allocates nothing.
+    // async-signal-safe, and allocates nothing (an OS error code, not a message).
     unsafe {
         command.pre_exec(move || {
             // The worker dies with the demo, even a SIGKILLed one, instead of polling an API
-            // that is gone; a demo gone before this line is caught by the parent check.
+            // that is gone; a demo gone before this line is caught by the parent check. The
+            // signal follows the thread that forks, a runtime worker that lives as long as the
+            // demo's runtime.
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)?;
             if nix::unistd::getppid() != demo {
-                return Err(std::io::Error::other("the demo is gone"));
+                return Err(std::io::Error::from_raw_os_error(nix::libc::ESRCH));
             }
             Ok(())
         });

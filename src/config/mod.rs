@@ -94,9 +94,7 @@ impl Config {
     pub fn shown(&self) -> Config {
         let mut shown = self.clone();
         for cam in &mut shown.cameras {
-            for url in [&mut cam.url, &mut cam.sub_url].into_iter().flatten() {
-                *url = secret::redact_url(url);
-            }
+            *cam = cam.shown();
         }
         shown
     }

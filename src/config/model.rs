@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Problem;
 use super::command_key::CommandKey;
-use super::secret::{Secret, split_userinfo};
+use super::secret::{Secret, redact_url, split_userinfo};
 use super::units::{ByteSize, Duration};
 
 /// The effective configuration of the box: a board profile with `heldar.toml` merged over it.
@@ -364,7 +364,8 @@ pub struct CameraConfig {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// Main stream; credentials never go in the URL (use `username` and `password_file`).
+    /// Main stream. User-info (`user:pass@`) is split off where the URL arrives
+    /// ([`CameraConfig::take_url_logins`]); credentials in the query stay and are masked where shown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -406,6 +407,16 @@ pub struct CameraConfig {
 }
 
 impl CameraConfig {
+    /// The camera as it may be shown: credentials in its URLs' query or path masked (`***`).
+    /// User-info never needs it: it was split off where the URL arrived.
+    pub fn shown(&self) -> CameraConfig {
+        let mut shown = self.clone();
+        for url in [&mut shown.url, &mut shown.sub_url].into_iter().flatten() {
+            *url = redact_url(url);
+        }
+        shown
+    }
+
     /// Moves the user-info of `url` and `sub_url` (`rtsp://user:pass@host/...`, as cameras print
     /// their URLs) into `username` and the returned password, so no stored or shown URL carries
     /// it (invariant M3). A user that disagrees with `username`, or two different passwords, are
@@ -413,24 +424,30 @@ impl CameraConfig {
     pub fn take_url_logins(&mut self) -> Result<Option<Secret>, Problem> {
         let mut password: Option<(&str, Secret)> = None;
         for (key, url) in [("url", &mut self.url), ("sub_url", &mut self.sub_url)] {
-            let Some(login) = url.as_deref().and_then(split_userinfo) else {
-                continue;
-            };
-            *url = Some(login.url);
             let refuse = |message: String| {
                 Err(Problem {
                     path: key.into(),
                     message,
                 })
             };
+            let login = match url.as_deref().map(split_userinfo) {
+                Some(Ok(Some(login))) => login,
+                Some(Err(message)) => return refuse(message.into()),
+                Some(Ok(None)) | None => continue,
+            };
+            *url = Some(login.url);
             if login.user.is_empty() {
-                return refuse("the URL has a password but no user name before it".into());
+                if login.password.is_some() {
+                    return refuse("the URL has a password but no user name before it".into());
+                }
+                // `rtsp://@host`: nothing to take.
+                continue;
             }
             match &self.username {
+                // Not quoted: someone who typed only a password before the `@` would see it.
                 Some(u) if *u != login.user => {
                     return refuse(format!(
-                        "the URL's user {:?} differs from username {u:?}: give one",
-                        login.user
+                        "the user name in the URL differs from username {u:?}: give one"
                     ));
                 }
                 Some(_) => {}

@@ -12,7 +12,7 @@
 use std::fmt;
 use std::path::Path;
 
-/// Secret text read from a `*_file` key (a password, a private key).
+/// Secret text: read from a `*_file` key (a password, a private key) or split off a camera URL.
 ///
 /// It has no `Serialize`: printing a config prints the file's path, never its content.
 #[derive(Clone, PartialEq, Eq)]
@@ -35,7 +35,8 @@ impl Secret {
         Ok(Secret(text))
     }
 
-    /// The secret itself, for the one place that hands it to a library (rtspsrc, rumqttc).
+    /// The secret itself, for the places that hand it to a library (rtspsrc, rumqttc) or compare
+    /// it without showing it (the audit trail's change detection).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -84,7 +85,8 @@ fn url_end(text: &str) -> usize {
 }
 
 /// Masks the credentials of every URL in `text`: the user-info part (`user:pass@`) becomes
-/// `***@`, and the value of each credential query parameter (`password=...`) becomes `***`.
+/// `***@`, and the value of each credential pair (`password=...`, in the query or the path)
+/// becomes `***`.
 ///
 /// Works on text that does not parse as a URL too (a camera's error message may embed a URL), by
 /// masking every `scheme://` occurrence it finds.
@@ -106,7 +108,7 @@ pub fn redact_url(text: &str) -> String {
             }
             None => out.push_str(authority),
         }
-        out.push_str(&mask_query(tail));
+        out.push_str(&mask_pairs(tail));
         rest = after;
     }
     out.push_str(rest);
@@ -118,63 +120,85 @@ pub fn redact_url(text: &str) -> String {
 pub struct UrlLogin {
     /// The URL without `user:pass@`.
     pub url: String,
+    /// The user name, percent-decoded; empty for `rtsp://:pass@host` and `rtsp://@host`.
     pub user: String,
+    /// The password, percent-decoded; `None` for `user@host`, empty for `user:@host` (some
+    /// cameras ship with an empty password).
     pub password: Option<Secret>,
 }
 
 /// Splits `user:pass@` (or `user@`) off the authority of `url`, percent-decoding both parts, as
-/// camera manuals write a password with `@` or `:` in it (`p%40ss`). `None` when the URL has no
-/// user-info. The last `@` of the authority ends the user-info, as in RFC 3986.
-pub fn split_userinfo(url: &str) -> Option<UrlLogin> {
-    let (scheme, rest) = url.split_once("://")?;
+/// camera manuals write a password with `@` or `:` in it (`p%40ss`). `Ok(None)` when the URL has
+/// no user-info. The last `@` of the authority ends the user-info, as in RFC 3986. A part that is
+/// not UTF-8 once decoded is refused rather than guessed at: a wrong password would only show as
+/// a camera refusing the login.
+pub fn split_userinfo(url: &str) -> Result<Option<UrlLogin>, &'static str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok(None);
+    };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let at = rest[..authority_end].rfind('@')?;
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return Ok(None);
+    };
     let userinfo = &rest[..at];
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
+            .decode_utf8()
+            .map(|d| d.into_owned())
+            .map_err(|_| "the user name or password in the URL is not UTF-8 once percent-decoded")
     };
     let (user, password) = match userinfo.split_once(':') {
-        Some((user, password)) => (user, Some(Secret::new(decode(password)))),
+        Some((user, password)) => (user, Some(Secret::new(decode(password)?))),
         None => (userinfo, None),
     };
-    Some(UrlLogin {
+    Ok(Some(UrlLogin {
         url: format!("{scheme}://{}", &rest[at + 1..]),
-        user: decode(user),
+        user: decode(user)?,
         password,
-    })
+    }))
 }
 
-/// Whether a URL's query holds a credential masked as `***` (a shown URL sent back as it is).
+/// Whether a URL holds a credential masked as `***` (a shown URL sent back as it is).
 pub fn has_masked_query_credentials(url: &str) -> bool {
-    let Some((_, query)) = url.split_once('?') else {
-        return false;
-    };
-    let query = query.split('#').next().unwrap_or_default();
-    query.split('&').any(|pair| {
+    let url = url.split('#').next().unwrap_or_default();
+    url.split(PAIR_SEPARATORS).any(|pair| {
         pair.split_once('=')
             .is_some_and(|(key, value)| is_credential_key(key) && value == "***")
     })
 }
 
-/// `path?query#fragment` with the values of credential parameters replaced by `***`.
-fn mask_query(tail: &str) -> String {
-    let Some((path, query)) = tail.split_once('?') else {
-        return tail.to_string();
+/// What separates `key=value` pairs: the query's `&` and `;`, and the path's `/`, since some
+/// cameras take credentials in the path (`/user=admin&password=...&channel=1&stream=0.sdp`).
+const PAIR_SEPARATORS: [char; 4] = ['/', '?', '&', ';'];
+
+/// `path?query#fragment` with the values of credential pairs, in the path or the query,
+/// replaced by `***`.
+fn mask_pairs(tail: &str) -> String {
+    let (before, fragment) = match tail.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (tail, None),
     };
-    let (query, fragment) = match query.split_once('#') {
-        Some((q, f)) => (q, Some(f)),
-        None => (query, None),
+    let mut out = String::with_capacity(tail.len());
+    let mut pair = String::new();
+    let flush = |pair: &mut String, out: &mut String| {
+        match pair.split_once('=') {
+            Some((key, _)) if is_credential_key(key) => {
+                out.push_str(key);
+                out.push_str("=***");
+            }
+            _ => out.push_str(pair),
+        }
+        pair.clear();
     };
-    let pairs: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if is_credential_key(key) => format!("{key}=***"),
-            _ => pair.to_string(),
-        })
-        .collect();
-    let mut out = format!("{path}?{}", pairs.join("&"));
+    for c in before.chars() {
+        if PAIR_SEPARATORS.contains(&c) {
+            flush(&mut pair, &mut out);
+            out.push(c);
+        } else {
+            pair.push(c);
+        }
+    }
+    flush(&mut pair, &mut out);
     if let Some(f) = fragment {
         out.push('#');
         out.push_str(f);
@@ -212,6 +236,10 @@ mod tests {
                 "rtsp://cam/cam/realmonitor?channel=1&subtype=0",
                 "rtsp://cam/cam/realmonitor?channel=1&subtype=0",
             ),
+            (
+                "rtsp://10.0.0.7:554/user=admin&password=s3cret&channel=1&stream=0.sdp?",
+                "rtsp://10.0.0.7:554/user=***&password=***&channel=1&stream=0.sdp?",
+            ),
         ] {
             assert_eq!(redact_url(input), masked);
         }
@@ -219,20 +247,24 @@ mod tests {
 
     #[test]
     fn userinfo_is_split_off_and_decoded() {
-        let login =
-            split_userinfo("rtsp://admin:p%40ss:w0rd@10.0.0.5:554/Streaming/101?x=a@b").unwrap();
+        let split = |url| split_userinfo(url).unwrap();
+        let login = split("rtsp://admin:p%40ss:w0rd@10.0.0.5:554/Streaming/101?x=a@b").unwrap();
         assert_eq!(login.url, "rtsp://10.0.0.5:554/Streaming/101?x=a@b");
         assert_eq!(login.user, "admin");
         assert_eq!(login.password.unwrap().expose(), "p@ss:w0rd");
-        let login = split_userinfo("rtsp://a@b:c@cam/x").unwrap();
+        let login = split("rtsp://a@b:c@cam/x").unwrap();
         assert_eq!(
             (login.url.as_str(), login.user.as_str()),
             ("rtsp://cam/x", "a@b")
         );
-        let login = split_userinfo("rtsp://viewer@cam").unwrap();
+        let login = split("rtsp://viewer@cam").unwrap();
         assert_eq!((login.url.as_str(), login.password), ("rtsp://cam", None));
-        assert_eq!(split_userinfo("rtsp://cam/live?user=a@b"), None);
-        assert_eq!(split_userinfo("not a url"), None);
+        assert_eq!(split("rtsp://cam/live?user=a@b"), None);
+        assert_eq!(split("not a url"), None);
+        assert!(
+            split_userinfo("rtsp://admin:%ff%fe@cam").is_err(),
+            "not UTF-8"
+        );
     }
 
     #[test]
@@ -247,6 +279,9 @@ mod tests {
             "rtsp://h/s?user=admin&password=x"
         ));
         assert!(!has_masked_query_credentials("rtsp://h/s?title=***"));
+        assert!(has_masked_query_credentials(
+            "rtsp://h/user=***&password=***&channel=1"
+        ));
     }
 
     #[test]

@@ -327,16 +327,18 @@ impl Validator {
                 if authority.contains('@') {
                     self.fail(
                         path,
-                        "user-info must be split off the URL before it is stored",
+                        "the user name and password could not be taken out of it",
                     );
                 } else if authority.is_empty() {
                     self.fail(path, format!("{shown:?} has no host"));
                 }
             }
-            _ => self.fail(
+            // Not quoted: without a scheme nothing marks where credentials in it would be.
+            Some((scheme, _)) if scheme.chars().all(|c| c.is_ascii_alphanumeric()) => self.fail(
                 path,
-                format!("{shown:?} must be an rtsp:// or rtsps:// URL"),
+                format!("must be an rtsp:// or rtsps:// URL, not {scheme}://"),
             ),
+            _ => self.fail(path, "must be an rtsp:// or rtsps:// URL"),
         }
     }
 

@@ -173,10 +173,7 @@ async fn run_once(ctx: &MediaContext, plan: &StreamPlan, stop: &CancellationToke
                 let Some(message) = message else { break RunEnd::Failed("pipeline bus closed".into()) };
                 match super::pipeline::classify(&message) {
                     Some(PipelineEvent::FragmentOpened { path, running_time }) => {
-                        let element = stream.pipeline.upcast_ref::<gst::Element>();
-                        let start = start_from_name(&path.to_string_lossy())
-                            .unwrap_or_else(|| stream.stats.wall_ms(element, running_time));
-                        open.insert(path, start);
+                        opened(&stream, &mut open, path, running_time);
                     }
                     Some(PipelineEvent::FragmentClosed { path, running_time }) => {
                         close_fragment(ctx, camera, &stream, &mut open, path, running_time).await;
@@ -229,22 +226,42 @@ async fn run_once(ctx: &MediaContext, plan: &StreamPlan, stop: &CancellationToke
         }
     };
 
-    // Finalize the open segment whatever ended the run: EOS into both branches, then wait for
-    // the muxer to close the file (a detect-only stream has nothing to finalize).
-    if stream.finish() {
+    // On a stop, finalize the open segment: EOS into both branches, then wait for the muxer to
+    // close the file (a detect-only stream has nothing to finalize). A failed camera's pipeline
+    // cannot be trusted to pass an EOS on, and waiting for it held its reconnect back; what it
+    // left open, the start-up reconcile indexes.
+    if matches!(end, RunEnd::Stopped) && stream.finish() {
         let deadline = tokio::time::sleep(FINALIZE_TIMEOUT);
         tokio::pin!(deadline);
+        // Fragments the muxer opened after the EOS went in: cut by the stop, so indexed only
+        // if they play, as the reconcile would.
+        let mut late = std::collections::HashSet::new();
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
-                message = messages.next() => match message.as_ref().and_then(super::pipeline::classify) {
-                    Some(PipelineEvent::FragmentClosed { path, running_time }) => {
-                        close_fragment(ctx, camera, &stream, &mut open, path, running_time).await;
+                message = messages.next() => {
+                    // Only the bus closing ends the wait: other messages (state changes, stream
+                    // status) keep coming meanwhile, and ending on one of them left the last
+                    // segment playable but unindexed until the next start's reconcile.
+                    let Some(message) = message else { break };
+                    match super::pipeline::classify(&message) {
+                        // A fragment the muxer opened just before the EOS is closed by it too.
+                        Some(PipelineEvent::FragmentOpened { path, running_time }) => {
+                            late.insert(path.clone());
+                            opened(&stream, &mut open, path, running_time);
+                        }
+                        Some(PipelineEvent::FragmentClosed { path, running_time }) => {
+                            if late.contains(&path) && !plays(&path).await {
+                                tracing::debug!(camera = %id, path = %path.display(), "a fragment cut by the stop does not play; start-up reconcile will move it aside");
+                                open.remove(&path);
+                                continue;
+                            }
+                            close_fragment(ctx, camera, &stream, &mut open, path, running_time).await;
+                        }
+                        // The pipeline's EOS can come before the muxer reports its last file closed.
+                        Some(PipelineEvent::Eos) if open.is_empty() => break,
+                        _ => {}
                     }
-                    // The pipeline's EOS can come before the muxer reports its last file closed.
-                    Some(PipelineEvent::Eos) if open.is_empty() => break,
-                    None => break,
-                    _ => {}
                 }
             }
         }
@@ -261,6 +278,30 @@ async fn run_once(ctx: &MediaContext, plan: &StreamPlan, stop: &CancellationToke
         }
     }
     end
+}
+
+/// Whether a closed fragment has frames a player can show.
+async fn plays(path: &Path) -> bool {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        super::probe::probe_segment(&path).is_ok_and(|p| p.playable())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Notes a fragment the muxer opened, with its start: from its name (its first frame's time),
+/// else from the running time.
+fn opened(
+    stream: &StreamPipeline,
+    open: &mut HashMap<PathBuf, i64>,
+    path: PathBuf,
+    running_time: gst::ClockTime,
+) {
+    let element = stream.pipeline.upcast_ref::<gst::Element>();
+    let start = start_from_name(&path.to_string_lossy())
+        .unwrap_or_else(|| stream.stats.wall_ms(element, running_time));
+    open.insert(path, start);
 }
 
 /// Indexes a closed fragment: fsync the file and its directories, then insert the row.

@@ -1,9 +1,10 @@
 //! Stream URLs of a camera: explicit ones, or built from the vendor's template.
 //!
-//! Credentials are deliberately not part of these URLs: the pipeline hands them to `rtspsrc`
-//! through its `user-id`/`user-pw` properties. So no URL string in the daemon ever carries a
-//! password, nothing needs percent-encoding, and a URL can be logged as it is (invariant M3);
-//! [`crate::config::secret::redact_url`] still guards text that comes from elsewhere.
+//! The user name and password are not part of these URLs (a URL's `user:pass@` is split off
+//! where it arrives): the pipeline hands them to `rtspsrc` through its `user-id`/`user-pw`
+//! properties, so nothing needs percent-encoding. Credentials a vendor wants in the query do stay
+//! in the URL, so every URL that reaches a log line or an answer goes through
+//! [`crate::config::secret::redact_url`] (invariant M3).
 
 use crate::config::model::{CameraConfig, StreamProfile, Vendor};
 

@@ -128,7 +128,8 @@ pub struct Registry {
 
 struct Inner {
     store: Store,
-    /// Passwords of file cameras, read from their `password_file` at start; never stored.
+    /// Passwords of file cameras, read from their `password_file` or split off their URL at
+    /// start; never stored.
     file_secrets: RwLock<HashMap<String, Secret>>,
     serial: Vec<SerialConfig>,
     /// The file's sections that runtime settings may override.

@@ -1,14 +1,16 @@
 //! The config service's one entry point for a change by kind and id (invariant C2): MQTT
-//! `config/<kind>/<id>/set|delete`, the API's `/api/v1/config/...` and the CLI all come through
-//! [`Registry::apply`], so they validate, apply and answer alike.
+//! `config/<kind>/<id>/set|delete` comes through [`Registry::apply`], and the API's camera and
+//! zone routes (which the CLI calls) through the same decode, validate and put functions, so they
+//! validate, apply and answer alike.
 //!
 //! An answer carries the applied object as it is published (`config/<kind>/<id>`): secrets
 //! removed, a camera's password shown as `***` when one is set. A camera's password follows
 //! neither a URL nor an address change ([`Registry::change_camera`]).
 
+use hmac::{Hmac, Mac};
 use serde::Serialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 use super::{
     Camera, Registry, RegistryError, SETTINGS_SECTIONS, Source, StoredZone, Task, requests,
@@ -103,13 +105,24 @@ impl From<RegistryError> for Refusal {
     }
 }
 
+/// A digest of secret text for telling before from after, keyed with a random key made once per
+/// process: equal for equal secrets within a run, and no help to anyone guessing the secret.
+fn fingerprint(secret: &str) -> String {
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    let key = KEY.get_or_init(rand::random);
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(secret.as_bytes());
+    format!("{:x}", mac.finalize().into_bytes())
+}
+
 /// A change applied by [`Registry::apply`].
 pub struct Applied {
     /// The object as published; `None` after a delete.
     pub object: Option<Value>,
-    /// The object's [`Registry::audit_view`] before and after, for the audit row to name the
+    /// The object's [`Registry::audit_view`] before the change, for the audit row to name the
     /// fields that changed.
     pub before: Option<Value>,
+    /// The same view after the change; `None` after a delete.
     pub after: Option<Value>,
 }
 
@@ -140,14 +153,9 @@ fn streams(c: &CameraConfig) -> Streams<'_> {
 
 /// A camera as published: declared settings, secrets out, toggles in.
 pub fn camera_object(c: &Camera) -> Value {
-    let mut v = serde_json::to_value(&c.settings).unwrap_or_else(|_| json!({}));
+    let mut v = serde_json::to_value(c.settings.shown()).unwrap_or_else(|_| json!({}));
     if let Some(o) = v.as_object_mut() {
         o.remove("password_file");
-        for key in ["url", "sub_url"] {
-            if let Some(Value::String(url)) = o.get_mut(key) {
-                *url = redact_url(url);
-            }
-        }
         if c.password().is_some() {
             o.insert("password".into(), MASK.into());
         }
@@ -204,6 +212,8 @@ impl Registry {
             .take_url_logins()
             .map_err(|p| RegistryError::Invalid(vec![p]))?;
         let password = match (password, in_url) {
+            // The published object sent back with a new password in its URL.
+            (Some(given), Some(in_url)) if given.expose() == MASK => Some(in_url),
             (Some(given), Some(in_url)) if given != in_url => {
                 return Err(invalid(
                     "password",
@@ -289,9 +299,9 @@ impl Registry {
         id: &str,
         op: ConfigOp,
     ) -> Result<Applied, Refusal> {
-        let before = self.audit_view(kind, id).await?;
-        let object = self.apply_op(kind, id, op).await?;
-        let after = self.audit_view(kind, id).await?;
+        let (object, before, after) = self
+            .with_views(kind, id, self.apply_op(kind, id, op))
+            .await?;
         Ok(Applied {
             object,
             before,
@@ -299,19 +309,36 @@ impl Registry {
         })
     }
 
-    /// An object as the audit trail compares it before and after a change: as published, with
-    /// a digest of the camera's password in place of `"***"`, so that a new password shows as a
-    /// changed field. Only field names leave this view (`audit::What::change`).
-    pub async fn audit_view(
+    /// Runs `change` between two [`Registry::audit_view`]s of the object it changes: its
+    /// outcome, the view before and the view after. Futures do nothing until awaited, so
+    /// `change` runs after the first view is taken.
+    pub async fn with_views<T, E: From<RegistryError>>(
         &self,
         kind: ConfigKind,
         id: &str,
-    ) -> Result<Option<Value>, RegistryError> {
+        change: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<(T, Option<Value>, Option<Value>), E> {
+        let before = self.audit_view(kind, id).await?;
+        let outcome = change.await?;
+        let after = self.audit_view(kind, id).await?;
+        Ok((outcome, before, after))
+    }
+
+    /// An object as the audit trail compares it before and after a change: as published, with
+    /// [`fingerprint`]s in place of what the published object masks (the camera's password, a
+    /// URL's query credentials), so that a new password shows as a changed field. Only field
+    /// names leave this view (`audit::What::change`).
+    async fn audit_view(&self, kind: ConfigKind, id: &str) -> Result<Option<Value>, RegistryError> {
         Ok(match kind {
             ConfigKind::Camera => self.camera(id).await?.map(|c| {
                 let mut v = camera_object(&c);
                 if let Some(p) = c.password() {
-                    v["password"] = format!("{:x}", Sha256::digest(p.expose())).into();
+                    v["password"] = fingerprint(p.expose()).into();
+                }
+                for (key, url) in [("url", &c.settings.url), ("sub_url", &c.settings.sub_url)] {
+                    if let Some(url) = url.as_deref().filter(|u| redact_url(u) != *u) {
+                        v[key] = fingerprint(url).into();
+                    }
                 }
                 v
             }),

@@ -19,17 +19,21 @@ pub struct Discovery {
 
 /// A camera as its entities need it.
 pub struct CameraInfo<'a> {
+    /// The camera's id, in object ids and topics.
     pub id: &'a str,
-    /// The configured name, or the id.
+    /// The configured name, or the id: the camera device's name.
     pub name: &'a str,
-    /// The main stream URL, for the device's link to the camera's own web page.
-    pub stream_url: Option<&'a str>,
+    /// The camera's own web page ([`camera_page`]), linked from its device.
+    pub configuration_url: Option<String>,
 }
 
 /// A zone as its entities need it.
 pub struct ZoneInfo<'a> {
+    /// The zone's name, which is its id.
     pub name: &'a str,
+    /// The zone's camera: its entities hang on the camera's device.
     pub camera: &'a CameraInfo<'a>,
+    /// A line has a crossing event instead of occupancy.
     pub line: bool,
     /// The labels that get their own count and occupancy entities.
     pub labels: &'a [String],
@@ -64,9 +68,11 @@ fn jinja_string(s: &str) -> String {
 }
 
 /// The camera's own web page: its stream's host over HTTP, the link a camera device offers.
-fn web_url(stream_url: &str) -> Option<String> {
+/// Only the host is taken, so nothing of the URL's credentials can reach the discovery config.
+pub fn camera_page(stream_url: &str) -> Option<String> {
     let rest = stream_url.split_once("://")?.1;
     let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit('@').next()?;
     let host = match authority.strip_prefix('[') {
         Some(v6) => format!("[{}]", v6.split(']').next()?),
         None => authority.split(':').next()?.to_string(),
@@ -107,15 +113,15 @@ impl Discovery {
             "sw_version": env!("CARGO_PKG_VERSION"),
             "via_device": self.node(),
         });
-        if let Some(url) = cam.stream_url.and_then(web_url) {
-            device["configuration_url"] = url.into();
+        if let Some(url) = &cam.configuration_url {
+            device["configuration_url"] = url.as_str().into();
         }
         device
     }
 
     /// One entity's config: the keys every entity carries (name, ids, availability, device)
-    /// and its own. `object_id` is what Home Assistant up to 2026.3 reads for the entity id,
-    /// `default_entity_id` what later versions read; older ones ignore the key they do not know.
+    /// and its own. Home Assistant takes the entity id from `default_entity_id` since 2025.10,
+    /// and from `object_id` before (which 2026.4 no longer reads); each ignores the other key.
     fn entity(
         &self,
         component: &str,
@@ -394,7 +400,7 @@ mod tests {
         let gate = CameraInfo {
             id: "gate",
             name: "Front gate",
-            stream_url: Some("rtsp://192.168.1.10:554/stream1"),
+            configuration_url: camera_page("rtsp://192.168.1.10:554/stream1?password=x"),
         };
         let labels = ["person".to_string()];
         let mut all = d.camera(&gate);
@@ -456,13 +462,13 @@ mod tests {
     #[test]
     fn a_camera_page_is_its_stream_host_over_http() {
         assert_eq!(
-            web_url("rtsp://10.0.0.5:554/x").as_deref(),
+            camera_page("rtsp://10.0.0.5:554/x").as_deref(),
             Some("http://10.0.0.5/")
         );
         assert_eq!(
-            web_url("rtsps://[fe80::1]:322/x").as_deref(),
+            camera_page("rtsps://u:p@[fe80::1]:322/x").as_deref(),
             Some("http://[fe80::1]/")
         );
-        assert_eq!(web_url("not a url"), None);
+        assert_eq!(camera_page("not a url"), None);
     }
 }

@@ -95,7 +95,8 @@ impl Uplink {
         }
     }
 
-    /// Runs every uplink task until `shutdown`.
+    /// Runs every uplink task until `shutdown`, then lets the connection outlive the others for
+    /// the cameras' last state (bounded; see `state::run`).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let root = format!("{}/{}", self.config.prefix, self.deps.device_id);
         let discovery_prefix = self

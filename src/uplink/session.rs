@@ -133,19 +133,15 @@ impl Link {
         }
     }
 
-    /// Waits until every publish requested so far is written and acknowledged, or `timeout`;
-    /// whether it was.
-    pub async fn settled(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+    /// Waits until every publish requested so far is written and acknowledged; the caller
+    /// bounds the wait.
+    pub async fn settled(&self) {
         loop {
             {
                 let t = self.tracker.lock().unwrap_or_else(|e| e.into_inner());
                 if t.queued.is_empty() && t.inflight.is_empty() {
-                    return true;
+                    return;
                 }
-            }
-            if Instant::now() >= deadline {
-                return false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::discovery::{CameraInfo, Discovery, ZoneInfo};
+use super::discovery::{CameraInfo, Discovery, ZoneInfo, camera_page};
 use super::events::CONSUMER;
 use super::session::{Link, Stopping, Tag};
 use crate::config::model::{StreamProfile, ZoneKind};
@@ -135,15 +135,20 @@ impl StateSource {
                     .name
                     .clone()
                     .unwrap_or_else(|| c.id().to_string());
-                (c.id(), (name, stream_url(&c.settings, StreamProfile::Main)))
+                let page = stream_url(&c.settings, StreamProfile::Main)
+                    .as_deref()
+                    .and_then(camera_page);
+                (c.id(), (name, page))
             })
             .collect();
         let info = |id: &'_ str| -> Option<CameraInfo<'_>> {
-            infos.get_key_value(id).map(|(id, (name, url))| CameraInfo {
-                id,
-                name,
-                stream_url: url.as_deref(),
-            })
+            infos
+                .get_key_value(id)
+                .map(|(id, (name, page))| CameraInfo {
+                    id,
+                    name,
+                    configuration_url: page.clone(),
+                })
         };
         for c in &cameras {
             let id = c.id();
@@ -153,16 +158,18 @@ impl StateSource {
                 (Some(h), true) => h.state.as_str(),
                 (None, true) => CameraState::Connecting.as_str(),
             };
-            put(
-                format!("{root}/cameras/{id}/state"),
-                &camera_state(status, health.as_ref(), true),
-            );
-            // On its own topic, and only once known: Home Assistant's timestamp sensor warns
-            // about a null.
-            if let Some(at) = last_segments
+            // The index knows it across restarts; the health board only for this run.
+            let last_segment = last_segments
                 .get(id)
                 .and_then(|ms| chrono::DateTime::from_timestamp_millis(*ms))
-            {
+                .or(health.as_ref().and_then(|h| h.last_segment_at));
+            put(
+                format!("{root}/cameras/{id}/state"),
+                &camera_state(status, health.as_ref(), true, last_segment),
+            );
+            // On its own topic too, and only once known: Home Assistant's timestamp sensor warns
+            // about a null.
+            if let Some(at) = last_segment {
                 raw.push((
                     format!("{root}/cameras/{id}/last_segment"),
                     at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -327,13 +334,18 @@ impl StateSource {
 
 /// A camera's `cameras/<cam>/state`; a stopped box keeps the last segment and the reconnects
 /// but claims no rate (`live` false).
-fn camera_state(status: &str, health: Option<&CameraHealth>, live: bool) -> Value {
+fn camera_state(
+    status: &str,
+    health: Option<&CameraHealth>,
+    live: bool,
+    last_segment: Option<chrono::DateTime<chrono::Utc>>,
+) -> Value {
     let live_health = health.filter(|_| live);
     json!({
         "status": status,
         "fps": live_health.and_then(|h| h.fps).map(|f| (f * 10.0).round() / 10.0),
         "bitrate_kbps": live_health.and_then(|h| h.bitrate_kbps).map(f64::round),
-        "last_segment_at": health.and_then(|h| h.last_segment_at),
+        "last_segment_at": last_segment,
         "reconnects": health.map_or(0, |h| h.reconnects),
     })
 }
@@ -344,17 +356,36 @@ const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 impl StateSource {
     /// On a clean stop, leaves every camera's retained state saying `stopped` instead of the
     /// `recording` it said last, so whoever reads it while the box is down is not misled.
-    /// `session` is the connection's own token, which outlives the uplink's shutdown for this.
+    /// `session` is the connection's own token, which outlives the uplink's shutdown for this;
+    /// the whole goodbye is bounded, so a stalled broker cannot hold the stop.
     async fn say_stopped(&self, link: &Link, session: &CancellationToken) {
         if link.connection().borrow().is_none() {
             return;
         }
+        if tokio::time::timeout(GOODBYE_TIMEOUT, self.publish_stopped(link, session))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker did not take the cameras' last state before the stop");
+        }
+    }
+
+    async fn publish_stopped(&self, link: &Link, session: &CancellationToken) {
         let Ok(cameras) = self.registry.cameras().await else {
             return;
         };
         for c in &cameras {
             let health = self.media.health().get(c.id());
-            let state = camera_state("stopped", health.as_ref(), false);
+            let camera = c.id().to_string();
+            let indexed = self
+                .store
+                .read(move |c| Ok::<_, StoreError>(index::last_segment_end_ms(c, &camera)?))
+                .await
+                .ok()
+                .flatten()
+                .and_then(chrono::DateTime::from_timestamp_millis);
+            let last_segment = indexed.or(health.as_ref().and_then(|h| h.last_segment_at));
+            let state = camera_state("stopped", health.as_ref(), false, last_segment);
             let topic = format!("{}/cameras/{}/state", self.root, c.id());
             let payload = serde_json::to_vec(&state).unwrap_or_default();
             if link
@@ -365,9 +396,7 @@ impl StateSource {
                 return;
             }
         }
-        if !link.settled(GOODBYE_TIMEOUT).await {
-            tracing::warn!("the broker did not take the cameras' last state before the stop");
-        }
+        link.settled().await;
     }
 }
 

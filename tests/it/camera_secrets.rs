@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::fixtures::{Answer, Http, token};
 use crate::fixtures::{Broker, BrokerSetup, Sub};
 use crate::fixtures::{Daemon, camera_with_login, heldar, stderr, stdout, wait_state};
-use crate::fixtures::{Http, token};
 
 fn stored(d: &Daemon, id: &str) -> (String, Option<String>) {
     let c = rusqlite::Connection::open(d.dir.path().join("data/heldar.db")).unwrap();
@@ -33,6 +33,16 @@ fn stored(d: &Daemon, id: &str) -> (String, Option<String>) {
     (
         settings["url"].as_str().unwrap_or_default().into(),
         password,
+    )
+}
+
+/// `POST /api/v1/cameras` with `body`, as an admin.
+fn post_camera(http: &Http, admin: &str, body: &Value) -> Answer {
+    http.call(
+        "POST",
+        "/api/v1/cameras",
+        Some(admin),
+        Some(body.to_string().as_bytes()),
     )
 }
 
@@ -135,22 +145,12 @@ fn a_stored_password_stays_with_the_stream_it_was_given_for() {
     let http = Http::new(d);
     let admin = token(d, "admin");
     let body = json!({"id": "gate", "url": home, "username": "admin", "password": "***"});
-    let answer = http.call(
-        "POST",
-        "/api/v1/cameras",
-        Some(&admin),
-        Some(body.to_string().as_bytes()),
-    );
+    let answer = post_camera(&http, &admin, &body);
     assert_eq!(answer.status, 400, "{}", answer.text());
     assert!(answer.text().contains("password"), "{}", answer.text());
     assert_eq!(stored(d, "gate"), (away.into(), Some("n3w-pass".into())));
     let body = json!({"id": "gate", "url": home, "username": "admin"});
-    let answer = http.call(
-        "POST",
-        "/api/v1/cameras",
-        Some(&admin),
-        Some(body.to_string().as_bytes()),
-    );
+    let answer = post_camera(&http, &admin, &body);
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.json()["has_password"], false);
     assert_eq!(stored(d, "gate"), (home.into(), None));
@@ -240,12 +240,7 @@ fn a_url_with_user_and_password_records_and_its_password_appears_nowhere() {
     let admin = token(d, "admin");
     let body =
         json!({"id": "yard", "url": with_login("main"), "segment_seconds": 2, "detect": false});
-    let answer = http.call(
-        "POST",
-        "/api/v1/cameras",
-        Some(&admin),
-        Some(body.to_string().as_bytes()),
-    );
+    let answer = post_camera(&http, &admin, &body);
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.json()["username"], "admin");
     assert_eq!(answer.json()["has_password"], true);
@@ -315,12 +310,7 @@ fn credentials_in_a_url_query_reach_the_camera_but_are_shown_masked() {
 
     // The API keeps the URL as the camera wants it and shows it masked.
     let body = json!({"id": "q", "url": home, "record": false});
-    let answer = http.call(
-        "POST",
-        "/api/v1/cameras",
-        Some(&admin),
-        Some(body.to_string().as_bytes()),
-    );
+    let answer = post_camera(&http, &admin, &body);
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(answer.json()["main_url"], shown, "{}", answer.text());
     answers.push(answer.text());
@@ -378,19 +368,22 @@ fn credentials_in_a_url_query_reach_the_camera_but_are_shown_masked() {
         answers.push(format!("{}{}", stdout(&out), stderr(&out)));
     }
 
-    // A URL refused for its scheme does not quote its credentials either.
-    let bad = format!("http://127.0.0.1:9/live?user=x&password={SECRET}");
-    let body = json!({"id": "leak", "url": bad});
-    let answer = http.call(
-        "POST",
-        "/api/v1/cameras",
-        Some(&admin),
-        Some(body.to_string().as_bytes()),
-    );
-    assert_eq!(answer.status, 400, "{}", answer.text());
-    answers.push(answer.text());
-    let a = rig.ask("leak", json!({"url": bad}), "q4");
-    assert_eq!(a["error"]["field"], "url", "{a}");
+    // A URL refused for its scheme, or for having none, does not quote its credentials either.
+    for (i, bad) in [
+        format!("http://127.0.0.1:9/live?user=x&password={SECRET}"),
+        format!("127.0.0.1:9/live?user=x&password={SECRET}"),
+        format!("admin:{SECRET}@127.0.0.1/live"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let body = json!({"id": "leak", "url": bad});
+        let answer = post_camera(&http, &admin, &body);
+        assert_eq!(answer.status, 400, "{}", answer.text());
+        answers.push(answer.text());
+        let a = rig.ask("leak", json!({"url": bad}), &format!("q4-{i}"));
+        assert_eq!(a["error"]["field"], "url", "{a}");
+    }
 
     assert_nowhere(&rig, &answers, &[SECRET]);
 }

@@ -107,7 +107,7 @@ fn bad_configs_name_the_key_and_exit_2() {
         ),
         (
             "[[cameras]]\nid = \"gate\"\nusername = \"viewer\"\nurl = \"rtsp://admin:pw@10.0.0.2/\"".into(),
-            "error: cameras[0].url: the URL's user \"admin\" differs from username \"viewer\": give one",
+            "error: cameras[0].url: the user name in the URL differs from username \"viewer\": give one",
         ),
         (
             "[[cameras]]\nid = \"gate\"\nvendor = \"acme\"\naddress = \"10.0.0.2\"".into(),

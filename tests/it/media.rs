@@ -61,6 +61,38 @@ fn records_contiguous_keyframe_aligned_segments() {
     assert_eq!(name, named);
 }
 
+/// A clean stop indexes the segment it was writing: right after SIGTERM, before any start-up
+/// reconcile, every file on disk that plays has its row. Stopped at several points of a segment, since the
+/// last fragment's close races the pipeline's own messages.
+#[test]
+fn a_clean_stop_indexes_the_segment_it_was_writing() {
+    let cam = camera();
+    let mut d = Daemon::start(&camera_toml("gate", &cam.url("main"), 2)).ready();
+    for round in 0..6 {
+        wait_state(&d, "gate", "recording", Duration::from_secs(15));
+        std::thread::sleep(Duration::from_millis(2500 + 330 * round));
+        stop(&mut d);
+        let indexed: std::collections::HashSet<String> =
+            segments(&d, "gate").into_iter().map(|r| r.path).collect();
+        let root = recordings(&d);
+        for line in walk(&root) {
+            let (path, bytes) = line.rsplit_once(' ').unwrap();
+            let relative = Path::new(path).strip_prefix(&root).unwrap();
+            if relative.starts_with(".") || relative.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            assert!(
+                indexed.contains(&*relative.to_string_lossy())
+                    || discover(Path::new(path)).is_err(),
+                "round {round}: {} ({bytes} bytes) plays but is not indexed after a clean stop; log:\n{}",
+                relative.display(),
+                d.log()
+            );
+        }
+        d.respawn();
+    }
+}
+
 #[test]
 fn camera_outage_is_one_gap_and_recording_resumes_quickly() {
     let mut cam = camera();
