@@ -335,11 +335,13 @@ pub fn cameras(cameras: &[crate::api::CameraView]) -> String {
     );
     for c in cameras {
         let h = c.health.as_ref();
-        let state = if !c.enabled || !c.record {
-            "disabled".to_string()
-        } else {
-            h.map(|h| h.state.as_str().to_string())
-                .unwrap_or_else(|| "starting".into())
+        // As `cameras/<cam>/state` says it: a camera recording nothing may still stream for
+        // detection, so only `enabled` makes it disabled.
+        let state = match h {
+            _ if !c.enabled => "disabled",
+            Some(h) => h.state.as_str(),
+            None if !c.record && !c.detect => "idle",
+            None => "starting",
         };
         let number = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
         let last = h

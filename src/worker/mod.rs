@@ -136,7 +136,7 @@ struct Runner {
 pub fn run(settings: WorkerSettings) -> anyhow::Result<()> {
     install_signal_handlers()?;
     let api = Api::new(&settings);
-    let relase = Arc::new(AtomicBool::new(false));
+    let release_now = Arc::new(AtomicBool::new(false));
     let mut runners: HashMap<String, Runner> = HashMap::new();
     let mut lease_id: Option<String> = None;
     tracing::info!(api = %settings.api, worker_id = %settings.worker_id, "motion worker started");
@@ -164,12 +164,12 @@ pub fn run(settings: WorkerSettings) -> anyhow::Result<()> {
             }
         };
         if let Some(tasks) = tasks {
-            reconcile(&api, &mut runners, tasks, &relase);
+            reconcile(&api, &mut runners, tasks, &release_now);
         }
         let deadline = Instant::now() + settings.poll;
         while Instant::now() < deadline
             && !STOP.load(Ordering::SeqCst)
-            && !relase.swap(false, Ordering::SeqCst)
+            && !release_now.swap(false, Ordering::SeqCst)
         {
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -189,7 +189,7 @@ fn reconcile(
     api: &Api,
     runners: &mut HashMap<String, Runner>,
     tasks: Vec<Task>,
-    relase: &Arc<AtomicBool>,
+    release_now: &Arc<AtomicBool>,
 ) {
     let wanted: HashMap<String, Task> = tasks
         .into_iter()
@@ -213,7 +213,7 @@ fn reconcile(
             continue;
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let (api, t, s, r) = (api.clone(), task.clone(), stop.clone(), relase.clone());
+        let (api, t, s, r) = (api.clone(), task.clone(), stop.clone(), release_now.clone());
         let thread = std::thread::spawn(move || run_task(&api, &t, &s, &r));
         tracing::info!(task = %id, fps = task.fps, "started task");
         runners.insert(id, Runner { task, stop, thread });
@@ -221,7 +221,7 @@ fn reconcile(
 }
 
 /// One task's loop: frame, motion, post.
-fn run_task(api: &Api, task: &Task, stop: &AtomicBool, relase: &AtomicBool) {
+fn run_task(api: &Api, task: &Task, stop: &AtomicBool, release_now: &AtomicBool) {
     let period = Duration::from_secs_f64(1.0 / task.fps.max(0.1));
     let max_age_ms = (3.0 * period.as_millis() as f64).max(2000.0) as i64;
     let mut detector = MotionDetector::new(MotionSettings::default());
@@ -248,7 +248,7 @@ fn run_task(api: &Api, task: &Task, stop: &AtomicBool, relase: &AtomicBool) {
                 }
                 if post_batch(api, &body) == Posted::TicketProblem {
                     last_captured.clear();
-                    relase.store(true, Ordering::SeqCst);
+                    release_now.store(true, Ordering::SeqCst);
                 }
             }
         }

@@ -194,7 +194,8 @@ fn home_assistant_makes_an_entity_of_every_discovery_config_and_drives_the_box()
          [[zones]]\ncamera = \"gate\"\nname = \"right_half\"\nkind = \"region\"\n\
          points = [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]\n\
          [[zones]]\ncamera = \"gate\"\nname = \"door_line\"\nkind = \"line\"\n\
-         points = [[0.5, 0.0], [0.5, 1.0]]\n",
+         points = [[0.5, 0.0], [0.5, 1.0]]\n\
+         [[tasks]]\ncamera = \"gate\"\ntask_type = \"people\"\nprofile = \"main\"\nfps = 1\nwidth = 320\n",
         broker.url(),
         cam.url("main")
     ))
@@ -308,6 +309,14 @@ fn home_assistant_makes_an_entity_of_every_discovery_config_and_drives_the_box()
             )
             .is_some()
     );
+    // Not recording is not disabled: the camera still streams for its detection task.
+    wait_state(&d, "gate", "streaming", Duration::from_secs(30));
+    let listed = crate::fixtures::stdout(&d.cli(&["cameras", "list"]));
+    let gate = listed
+        .lines()
+        .find(|l| l.starts_with("gate "))
+        .unwrap_or_default();
+    assert!(gate.contains("streaming"), "{listed}");
     ha.call("switch/turn_on", "switch.heldar_test_gate_record");
     ha.wait_state("switch.heldar_test_gate_record", "on");
     ha.call("switch/turn_off", "switch.heldar_test_gate_detect");
