@@ -159,7 +159,7 @@ pub fn split_userinfo(url: &str) -> Result<Option<UrlLogin>, &'static str> {
 }
 
 /// Whether a URL holds a credential masked as `***` (a shown URL sent back as it is).
-pub fn has_masked_query_credentials(url: &str) -> bool {
+pub fn has_masked_credentials(url: &str) -> bool {
     let url = url.split('#').next().unwrap_or_default();
     url.split(PAIR_SEPARATORS).any(|pair| {
         pair.split_once('=')
@@ -269,17 +269,11 @@ mod tests {
 
     #[test]
     fn a_masked_query_credential_is_recognised() {
-        assert!(has_masked_query_credentials(
-            "rtsp://h/s?user=***&password=***"
-        ));
-        assert!(has_masked_query_credentials(
-            "rtsp://h/s?channel=1&pwd=***#f"
-        ));
-        assert!(!has_masked_query_credentials(
-            "rtsp://h/s?user=admin&password=x"
-        ));
-        assert!(!has_masked_query_credentials("rtsp://h/s?title=***"));
-        assert!(has_masked_query_credentials(
+        assert!(has_masked_credentials("rtsp://h/s?user=***&password=***"));
+        assert!(has_masked_credentials("rtsp://h/s?channel=1&pwd=***#f"));
+        assert!(!has_masked_credentials("rtsp://h/s?user=admin&password=x"));
+        assert!(!has_masked_credentials("rtsp://h/s?title=***"));
+        assert!(has_masked_credentials(
             "rtsp://h/user=***&password=***&channel=1"
         ));
     }

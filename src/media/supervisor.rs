@@ -400,10 +400,12 @@ async fn close_fragment(
 
 /// `host:port` of an RTSP URL, for the reachability probe.
 fn tcp_address(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host_port = authority.rsplit('@').next()?;
-    let default_port = if scheme == "rtsps" { 322 } else { 554 };
+    let host_port = super::url::host_port(url)?;
+    let default_port = if url.starts_with("rtsps://") {
+        322
+    } else {
+        554
+    };
     let has_port = host_port
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())

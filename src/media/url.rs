@@ -8,6 +8,23 @@
 
 use crate::config::model::{CameraConfig, StreamProfile, Vendor};
 
+/// `host[:port]` of a URL, without user-info: what a connection goes to.
+pub fn host_port(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    rest.split(['/', '?', '#']).next()?.rsplit('@').next()
+}
+
+/// The camera's own web page: its stream's host over HTTP, the link Home Assistant shows on
+/// the camera's device. Only the host is taken, so nothing of the URL's credentials goes with it.
+pub fn camera_page(stream_url: &str) -> Option<String> {
+    let host_port = host_port(stream_url)?;
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => format!("[{}]", v6.split(']').next()?),
+        None => host_port.split(':').next()?.to_string(),
+    };
+    (!host.is_empty()).then(|| format!("http://{host}/"))
+}
+
 /// The URL of one stream of a camera. `sub` falls back to the main stream when the camera has no
 /// sub stream, so a task asking for `sub` still gets frames.
 pub fn stream_url(camera: &CameraConfig, profile: StreamProfile) -> Option<String> {
@@ -51,6 +68,19 @@ mod tests {
             "id = \"c\"\naddress = \"10.0.0.9\"\nvendor = \"{vendor}\""
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn a_camera_page_is_its_stream_host_over_http() {
+        assert_eq!(
+            camera_page("rtsp://10.0.0.5:554/x").as_deref(),
+            Some("http://10.0.0.5/")
+        );
+        assert_eq!(
+            camera_page("rtsps://u:p@[fe80::1]:322/x").as_deref(),
+            Some("http://[fe80::1]/")
+        );
+        assert_eq!(camera_page("not a url"), None);
     }
 
     #[test]

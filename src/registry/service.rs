@@ -17,7 +17,7 @@ use super::{
 };
 use crate::config::Problem;
 use crate::config::model::{CameraConfig, Vendor};
-use crate::config::secret::{Secret, has_masked_query_credentials, redact_url};
+use crate::config::secret::{Secret, has_masked_credentials, redact_url};
 
 /// What can be configured by kind and id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -234,8 +234,7 @@ impl Registry {
     /// as it is stands for the stored URL, under the rule `***` follows for a password: only
     /// while the URL is otherwise the same, so masked credentials never travel to another host.
     async fn keep_masked_urls(&self, settings: &mut CameraConfig) -> Result<(), RegistryError> {
-        let masked =
-            |url: &Option<String>| url.as_deref().is_some_and(has_masked_query_credentials);
+        let masked = |url: &Option<String>| url.as_deref().is_some_and(has_masked_credentials);
         if !masked(&settings.url) && !masked(&settings.sub_url) {
             return Ok(());
         }

@@ -23,7 +23,7 @@ pub struct CameraInfo<'a> {
     pub id: &'a str,
     /// The configured name, or the id: the camera device's name.
     pub name: &'a str,
-    /// The camera's own web page ([`camera_page`]), linked from its device.
+    /// The camera's own web page ([`crate::media::url::camera_page`]), linked from its device.
     pub configuration_url: Option<String>,
 }
 
@@ -65,19 +65,6 @@ fn title(id: &str) -> String {
 /// A Jinja string literal for a value template: quotes and backslashes escaped.
 fn jinja_string(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-/// The camera's own web page: its stream's host over HTTP, the link a camera device offers.
-/// Only the host is taken, so nothing of the URL's credentials can reach the discovery config.
-pub fn camera_page(stream_url: &str) -> Option<String> {
-    let rest = stream_url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let authority = authority.rsplit('@').next()?;
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => format!("[{}]", v6.split(']').next()?),
-        None => authority.split(':').next()?.to_string(),
-    };
-    (!host.is_empty()).then(|| format!("http://{host}/"))
 }
 
 impl Discovery {
@@ -400,7 +387,9 @@ mod tests {
         let gate = CameraInfo {
             id: "gate",
             name: "Front gate",
-            configuration_url: camera_page("rtsp://192.168.1.10:554/stream1?password=x"),
+            configuration_url: crate::media::url::camera_page(
+                "rtsp://192.168.1.10:554/stream1?password=x",
+            ),
         };
         let labels = ["person".to_string()];
         let mut all = d.camera(&gate);
@@ -457,18 +446,5 @@ mod tests {
             all.iter()
                 .any(|(t, _)| t.ends_with("/zone_driveway_person_occupancy/config"))
         );
-    }
-
-    #[test]
-    fn a_camera_page_is_its_stream_host_over_http() {
-        assert_eq!(
-            camera_page("rtsp://10.0.0.5:554/x").as_deref(),
-            Some("http://10.0.0.5/")
-        );
-        assert_eq!(
-            camera_page("rtsps://u:p@[fe80::1]:322/x").as_deref(),
-            Some("http://[fe80::1]/")
-        );
-        assert_eq!(camera_page("not a url"), None);
     }
 }

@@ -17,12 +17,12 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::discovery::{CameraInfo, Discovery, ZoneInfo, camera_page};
+use super::discovery::{CameraInfo, Discovery, ZoneInfo};
 use super::events::CONSUMER;
 use super::session::{Link, Stopping, Tag};
 use crate::config::model::{StreamProfile, ZoneKind};
 use crate::media::index;
-use crate::media::url::stream_url;
+use crate::media::url::{camera_page, stream_url};
 use crate::media::{CameraHealth, CameraState, Media};
 use crate::outbox::Outbox;
 use crate::perception::detections;

@@ -68,12 +68,7 @@ impl Rig {
             broker.url()
         ))
         .ready();
-        assert!(
-            sub.wait("heldar/test/availability", Duration::from_secs(20), |g| g
-                .text()
-                == "online")
-                .is_some()
-        );
+        sub.wait_online();
         Rig {
             _broker: broker,
             sub,

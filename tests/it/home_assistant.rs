@@ -215,24 +215,22 @@ fn home_assistant_makes_an_entity_of_every_discovery_config_and_drives_the_box()
 
     // Every config an entity, available, with a state.
     let entity_of = |config: &Value| config["default_entity_id"].as_str().unwrap().to_string();
-    let missing = wait_for(Duration::from_secs(60), || {
+    let not_available = || -> Vec<String> {
         let states = ha.states();
-        let missing: Vec<String> = configs
+        configs
             .values()
             .map(entity_of)
             .filter(|e| states.get(e).is_none_or(|s| s["state"] == "unavailable"))
-            .collect();
-        missing.is_empty().then_some(())
-    });
-    if missing.is_none() {
-        let states = ha.states();
-        let absent: Vec<String> = configs
-            .values()
-            .map(entity_of)
-            .filter(|e| states.get(e).is_none_or(|s| s["state"] == "unavailable"))
-            .collect();
+            .collect()
+    };
+    if wait_for(Duration::from_secs(60), || {
+        not_available().is_empty().then_some(())
+    })
+    .is_none()
+    {
         panic!(
-            "not entities, or unavailable: {absent:?}\nlog:\n{}",
+            "not entities, or unavailable: {:?}\nlog:\n{}",
+            not_available(),
             ha.log()
         );
     }

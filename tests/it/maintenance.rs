@@ -215,12 +215,7 @@ fn audit_rows_name_the_object_and_the_fields_that_changed() {
         broker.url()
     ))
     .ready();
-    assert!(
-        sub.wait("heldar/test/availability", Duration::from_secs(20), |g| g
-            .text()
-            == "online")
-            .is_some()
-    );
+    sub.wait_online();
     let http = Http::new(&d);
     let admin = token(&d, "admin");
     let post = |method: &str, path: &str, body: Value| {

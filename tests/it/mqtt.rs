@@ -279,12 +279,7 @@ fn config_over_mqtt_applies_good_changes_and_refuses_bad_ones_untouched() {
         .unwrap_or_else(|| panic!("no answer to {topic} ({request_id})"))
         .json()
     };
-    assert!(
-        sub.wait("heldar/test/availability", Duration::from_secs(20), |g| g
-            .text()
-            == "online")
-            .is_some()
-    );
+    sub.wait_online();
 
     // Good changes, each applied, answered and re-published.
     let a = ask(

@@ -113,12 +113,7 @@ fn only_commands_signed_for_this_box_by_its_keys_are_applied() {
         broker.url()
     ))
     .ready();
-    assert!(
-        sub.wait("heldar/test/availability", Duration::from_secs(20), |g| g
-            .text()
-            == "online")
-            .is_some()
-    );
+    sub.wait_online();
     assert_eq!(toggle(&d, "gate", "record"), false);
 
     // Signed by the box's key: applied.
@@ -244,12 +239,7 @@ fn a_read_only_box_refuses_toggles_as_well_as_config_changes() {
         "url = \"{}\"\nconfig_topics = false",
         broker.url()
     ));
-    assert!(
-        sub.wait("heldar/test/availability", Duration::from_secs(20), |g| g
-            .text()
-            == "online")
-            .is_some()
-    );
+    sub.wait_online();
     refused(
         &send_after_reconnect(&sub, "cameras/gate/record/set", "ON"),
         "disabled",
