@@ -16,7 +16,7 @@ TEST_PACKAGES := chromium fonts-dejavu-core python3 python3-prometheus-client sy
 
 CARGO ?= cargo
 
-.PHONY: deps test-deps home-assistant install demo test deb ship-test
+.PHONY: deps test-deps home-assistant python-workers install demo test deb ship-test
 
 deps:
 	@$(MAKE) --no-print-directory install PACKAGES="$(APT_PACKAGES)"
@@ -42,10 +42,15 @@ install:
 home-assistant: test-deps
 	tests/home-assistant/setup.sh target/home-assistant
 
+# The Python worker client and the people detector example, in a venv under target/ (about
+# 10 s and 70 MB from PyPI), with the pedestrian video their test plays (from opencv-doc).
+python-workers: test-deps
+	tests/python/setup.sh target/python-workers
+
 demo: deps
 	$(CARGO) run --locked -- demo
 
-test: test-deps home-assistant
+test: test-deps home-assistant python-workers
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 	$(CARGO) test --locked

@@ -212,6 +212,7 @@ fn sampler_cpu(base: &std::path::Path) {
         fps: 25,
         gop_frames: 50,
         bitrate_kbps: 2000,
+        video: None,
     };
     let camera = SyntheticCamera::start(spec, 0).unwrap();
     let mut baseline = 0.0;

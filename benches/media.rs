@@ -29,6 +29,7 @@ fn main() {
         fps: 25,
         gop_frames: 50,
         bitrate_kbps: 2000,
+        video: None,
     };
     let camera = SyntheticCamera::start(spec, 0).expect("synthetic camera");
     let url = camera.url("main");

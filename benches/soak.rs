@@ -65,6 +65,7 @@ fn main() {
             fps: 25,
             gop_frames: 50,
             bitrate_kbps: 2000,
+            video: None,
         },
         0,
     )

@@ -1,4 +1,5 @@
-//! A synthetic IP camera: gst-rtsp-server on loopback serving `videotestsrc pattern=ball`.
+//! A synthetic IP camera: gst-rtsp-server on loopback serving `videotestsrc pattern=ball`, or a
+//! video file played at its own pace (the people detector's test uses a pedestrian video).
 //!
 //! `heldar demo` records it, and the tests use it as the camera they can stop and restart on the
 //! same port. Nothing here is a mock: the daemon talks RTSP to it exactly as to a real camera.
@@ -11,6 +12,7 @@
 //! The server runs its own `glib::MainContext` on a dedicated thread, so it needs no default main
 //! loop and can be stopped (every client disconnected, the socket closed) and started again.
 
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 
 use gstreamer as gst;
@@ -27,6 +29,9 @@ pub struct SyntheticSpec {
     /// Frames between keyframes.
     pub gop_frames: u32,
     pub bitrate_kbps: u32,
+    /// Played once instead of the ball, scaled and re-encoded like the ball; any format
+    /// `decodebin` reads.
+    pub video: Option<PathBuf>,
 }
 
 impl Default for SyntheticSpec {
@@ -37,14 +42,23 @@ impl Default for SyntheticSpec {
             fps: 15,
             gop_frames: 15,
             bitrate_kbps: 800,
+            video: None,
         }
     }
 }
 
 impl SyntheticSpec {
     fn launch(&self, width: u32, height: u32) -> String {
+        let source = match &self.video {
+            // The RTSP server's sinks pace a file to its timestamps, like a live camera.
+            Some(path) => format!(
+                "filesrc location=\"{}\" ! decodebin ! videoconvert ! videoscale ! videorate",
+                path.display()
+            ),
+            None => "videotestsrc is-live=true pattern=ball".to_string(),
+        };
         format!(
-            "( videotestsrc is-live=true pattern=ball ! video/x-raw,width={width},height={height},framerate={fps}/1 \
+            "( {source} ! video/x-raw,format=I420,width={width},height={height},framerate={fps}/1 \
              ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={kbps} \
              ! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )",
             fps = self.fps,

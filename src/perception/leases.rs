@@ -6,7 +6,8 @@
 //! lease took everything). Task `i` of the sorted eligible list belongs to worker `i mod n` of the
 //! sorted live workers; a worker renews the tasks of its share that are free or already its own
 //! and lets go of the others, so after one renewal round every task sits with its owner. A worker
-//! that stops renewing loses its tasks when its leases expire. Expiry is a predicate, not a reaper.
+//! that stops renewing loses its tasks when its leases expire; one that releases its lease leaves
+//! the share at once. Expiry is a predicate, not a reaper.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -47,9 +48,9 @@ pub fn acquire(
         now_ms,
     } = *req;
     c.execute(
-        "INSERT INTO workers (credential, worker_id, last_seen_ms, ttl_ms) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (credential, worker_id) DO UPDATE SET last_seen_ms = ?3, ttl_ms = ?4",
-        params![credential, worker_id, now_ms, ttl_ms],
+        "INSERT INTO workers (credential, worker_id, last_seen_ms, ttl_ms, lease_id) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (credential, worker_id) DO UPDATE SET last_seen_ms = ?3, ttl_ms = ?4, lease_id = ?5",
+        params![credential, worker_id, now_ms, ttl_ms, lease_id],
     )?;
     c.execute(
         "DELETE FROM workers WHERE last_seen_ms + ttl_ms < ?1",
@@ -119,8 +120,14 @@ pub fn acquire(
     Ok(leased)
 }
 
-/// Releases every task of a lease id held by `credential`; idempotent.
+/// Releases every task of a lease id held by `credential`, and takes the worker whose last lease
+/// call issued it out of the share, so the others take its tasks on their next renewal instead
+/// of after its TTL. Idempotent; a lease id since renewed releases nothing.
 pub fn release(c: &Connection, credential: &str, lease_id: &str) -> rusqlite::Result<usize> {
+    c.execute(
+        "DELETE FROM workers WHERE lease_id = ?1 AND credential = ?2",
+        params![lease_id, credential],
+    )?;
     c.execute(
         "DELETE FROM leases WHERE lease_id = ?1 AND credential = ?2",
         params![lease_id, credential],
@@ -158,6 +165,8 @@ mod tests {
     fn db() -> Connection {
         let c = Connection::open_in_memory().unwrap();
         c.execute_batch(include_str!("../../migrations/0003_perception.sql"))
+            .unwrap();
+        c.execute_batch(include_str!("../../migrations/0014_worker_lease.sql"))
             .unwrap();
         c
     }
@@ -210,6 +219,34 @@ mod tests {
         );
         // a stops renewing: once its leases and its liveness expire, b takes everything.
         assert_eq!(take(&c, "tok_1", "b", 62_001, &all).len(), 4);
+    }
+
+    #[test]
+    fn a_released_worker_leaves_the_share_at_once() {
+        let c = db();
+        let all = tasks(2);
+        assert_eq!(take(&c, "tok_1", "a", 0, &all).len(), 2);
+        assert_eq!(release(&c, "tok_1", "l0").unwrap(), 2);
+        assert_eq!(
+            take(&c, "tok_1", "b", 10, &all).len(),
+            2,
+            "a released its lease: b is alone, not sharing with a until a's TTL runs out"
+        );
+        assert_eq!(
+            take(&c, "tok_1", "a", 20, &all).len(),
+            0,
+            "a is back: b holds the tasks"
+        );
+        assert_eq!(
+            release(&c, "tok_1", "l0").unwrap(),
+            0,
+            "a stale lease id releases nothing"
+        );
+        assert_eq!(
+            take(&c, "tok_1", "b", 30, &all),
+            vec![all[1].clone()],
+            "a is live again: b lets go of a's share"
+        );
     }
 
     #[test]

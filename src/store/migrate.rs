@@ -87,6 +87,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0013_audit_what",
         sql: include_str!("../../migrations/0013_audit_what.sql"),
     },
+    Migration {
+        version: 14,
+        name: "0014_worker_lease",
+        sql: include_str!("../../migrations/0014_worker_lease.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

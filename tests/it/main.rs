@@ -25,4 +25,5 @@ mod ship;
 mod signed_commands;
 mod store;
 mod tidy;
+mod worker_clients;
 mod zones;

@@ -1,0 +1,442 @@
+"""The worker contract over HTTP: leases, frames with tickets, and posts that are retried safely.
+
+Everything here is one request to the daemon (``Client``) or the loop every worker needs around
+those requests (``run``). The rules the loop keeps are the contract's: renew the lease and follow
+the task set it returns, skip a frame already analysed or too old, post with the frame's ticket
+and an idempotent frame id, repeat a 5xx with the same body, and lease again at once when a
+ticket is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import requests
+
+log = logging.getLogger("heldar_worker")
+
+USER_AGENT = "heldar-worker-python/1.0"
+
+
+class HeldarError(Exception):
+    """Something the daemon, or the way to it, did not do."""
+
+
+class Unreachable(HeldarError):
+    """No answer at all: the daemon is down, restarting, or the address is wrong."""
+
+
+class Refused(HeldarError):
+    """The daemon answered with a 4xx. Sending the same request again would be refused again."""
+
+    def __init__(self, status: int, error: str):
+        super().__init__(f"the daemon answered {status}: {error}")
+        self.status = status
+        self.error = error
+
+
+class TicketRefused(Refused):
+    """The frame's ticket expired or no longer matches a lease: lease again, then fetch anew."""
+
+
+class GaveUp(HeldarError):
+    """A post still failed with a 5xx or no connection after every retry."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One kind of analysis on one camera stream, as a lease answer lists it."""
+
+    id: str
+    camera_id: str
+    task_type: str
+    frame_url: str
+    stream_profile: str = "sub"
+    fps: float = 5.0
+    width: Optional[int] = None
+    #: Opaque to the daemon: the task's own settings, for the worker to read.
+    config: dict = field(default_factory=dict, hash=False, compare=False)
+
+    @classmethod
+    def from_json(cls, t: dict) -> "Task":
+        return cls(
+            id=t["id"],
+            camera_id=t["camera_id"],
+            task_type=t["task_type"],
+            frame_url=t["frame_url"],
+            stream_profile=t.get("stream_profile", "sub"),
+            fps=float(t.get("fps") or 5.0),
+            width=t.get("width"),
+            config=t.get("config") or {},
+        )
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The complete set of tasks this worker holds now."""
+
+    lease_id: str
+    worker_id: str
+    expires_at: str
+    tasks: tuple
+
+    @classmethod
+    def from_json(cls, answer: dict) -> "Lease":
+        return cls(
+            lease_id=answer["lease_id"],
+            worker_id=answer.get("worker_id", ""),
+            expires_at=answer.get("expires_at", ""),
+            tasks=tuple(Task.from_json(t) for t in answer.get("tasks", [])),
+        )
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A sampled frame and what the daemon said about it."""
+
+    #: ``x-frame-captured-at`` verbatim: it changes exactly when the frame does, and it is the
+    #: batch's timestamp and the second half of its frame id.
+    captured_at: str
+    age_ms: int
+    #: Present when this worker holds a live lease on the task.
+    ticket: Optional[str]
+    jpeg: bytes
+
+
+@dataclass
+class Detection:
+    """One thing seen in a frame. ``bbox`` is ``(x, y, w, h)`` normalised to 0..1 from the
+    top-left corner; ``track_id`` is what lets zones follow one object from frame to frame."""
+
+    label: str
+    confidence: float
+    bbox: Sequence[float]
+    track_id: Optional[str] = None
+    attributes: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {
+            "label": self.label,
+            "confidence": float(self.confidence),
+            "bbox": [float(v) for v in self.bbox],
+        }
+        if self.track_id is not None:
+            d["track_id"] = str(self.track_id)
+        if self.attributes:
+            d["attributes"] = self.attributes
+        return d
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A batch durable on the box; ``duplicate`` when it already was (a repeated frame id)."""
+
+    detections: int
+    duplicate: bool
+
+
+def _frame_id(task: Task, frame: Frame) -> str:
+    """``{task_id}:{captured_at}``: the same frame posted twice is stored once. (With a ticket
+    the daemon derives the stored id from the ticket instead, which is just as stable.)"""
+    return f"{task.id}:{frame.captured_at}"
+
+
+def _error_of(response: requests.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text[:200]))
+    except ValueError:
+        return response.text[:200]
+
+
+def _refusal(response: requests.Response) -> Refused:
+    error = _error_of(response)
+    if response.status_code == 409 or (
+        response.status_code == 401 and "frame_ticket" in error
+    ):
+        return TicketRefused(response.status_code, error)
+    return Refused(response.status_code, error)
+
+
+class Client:
+    """Talks to the daemon's worker routes with one worker credential.
+
+    ``api`` is the daemon's HTTP base URL; ``token`` a worker token (``heldar token create --role
+    worker``), or ``None`` on a box with ``http.auth = false``. One ``Client`` may be shared by
+    threads: each request is independent.
+    """
+
+    def __init__(
+        self,
+        api: str = "http://127.0.0.1:8000",
+        token: Optional[str] = None,
+        timeout: float = 10.0,
+    ):
+        self.api = api.rstrip("/")
+        self.timeout = timeout
+        self._headers = {"User-Agent": USER_AGENT}
+        if token:
+            self._headers["X-API-Key"] = token
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        # requests.Session is not documented as thread-safe: one per thread keeps its
+        # connection pool without sharing it.
+        s = getattr(self._local, "session", None)
+        if s is None:
+            s = self._local.session = requests.Session()
+            s.headers.update(self._headers)
+        return s
+
+    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
+        try:
+            return self._session().request(
+                method, self.api + path, timeout=self.timeout, **kwargs
+            )
+        except requests.RequestException as e:
+            raise Unreachable(f"cannot reach the daemon at {self.api}: {e}") from e
+
+    def lease(
+        self,
+        worker_id: str,
+        task_types: Optional[Iterable[str]] = None,
+        ttl_secs: int = 60,
+        max_tasks: Optional[int] = None,
+    ) -> Lease:
+        """Acquires and renews (this is the worker's heartbeat): the answer is the whole set of
+        tasks this worker holds now. An empty set is normal."""
+        body: dict[str, Any] = {"worker_id": worker_id, "ttl_secs": ttl_secs}
+        if task_types is not None:
+            body["task_types"] = list(task_types)
+        if max_tasks is not None:
+            body["max_tasks"] = max_tasks
+        r = self._request("POST", "/api/v1/ai/leases", json=body)
+        if r.status_code != 200:
+            raise _refusal(r)
+        return Lease.from_json(r.json())
+
+    def release(self, lease_id: str) -> int:
+        """Gives the lease's tasks back at once; idempotent. Returns how many were released."""
+        r = self._request("DELETE", f"/api/v1/ai/leases/{lease_id}")
+        if r.status_code != 200:
+            raise _refusal(r)
+        return int(r.json().get("released", 0))
+
+    def tasks(self, worker_id: Optional[str] = None) -> list:
+        """Every offered task (legacy discovery; ``lease`` is how a worker claims its share)."""
+        params = {"worker_id": worker_id} if worker_id else None
+        r = self._request("GET", "/api/v1/ai/tasks", params=params)
+        if r.status_code != 200:
+            raise _refusal(r)
+        return [Task.from_json(t) for t in r.json()]
+
+    def frame(self, task: Task) -> Optional[Frame]:
+        """The task's latest frame, or ``None`` while none has been sampled yet."""
+        url = task.frame_url
+        # The URL comes from the daemon, but the token should go nowhere but its frame route.
+        if not url.startswith("/") or "://" in url or ".." in url:
+            raise HeldarError(
+                f"task {task.id} has a frame URL that is not a plain relative path"
+            )
+        r = self._request("GET", url)
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            raise _refusal(r)
+        captured = r.headers.get("x-frame-captured-at")
+        if not captured:
+            raise HeldarError("a frame without x-frame-captured-at")
+        try:
+            age_ms = int(r.headers.get("x-frame-age-ms", ""))
+        except ValueError:
+            age_ms = 1 << 62
+        return Frame(
+            captured_at=captured,
+            age_ms=age_ms,
+            ticket=r.headers.get("x-frame-ticket"),
+            jpeg=r.content,
+        )
+
+    def post(
+        self,
+        task: Task,
+        frame: Frame,
+        detections: Iterable[Detection],
+        event: Optional[dict] = None,
+        retries: int = 5,
+        stop: Optional[threading.Event] = None,
+    ) -> Stored:
+        """Posts what was seen in ``frame``, with its ticket and frame id.
+
+        Answers only once the batch is durable on the box. A 5xx or a lost connection is
+        repeated with the same body (the daemon stores a frame id once), backing off from 0.5 s,
+        up to ``retries`` attempts, and not once ``stop`` is set; then ``GaveUp``. A 4xx raises
+        ``Refused``, or ``TicketRefused`` for a ticket to lease again for.
+        """
+        body: dict[str, Any] = {
+            "camera_id": task.camera_id,
+            "task_type": task.task_type,
+            "timestamp": frame.captured_at,
+            "frame_id": _frame_id(task, frame),
+            "detections": [d.to_json() for d in detections],
+        }
+        if frame.ticket:
+            body["frame_ticket"] = frame.ticket
+        if event is not None:
+            body["event"] = event
+        return self.post_batch(body, retries=retries, stop=stop)
+
+    def post_batch(
+        self, body: dict, retries: int = 5, stop: Optional[threading.Event] = None
+    ) -> Stored:
+        """``post`` for a body built by hand (the contract's ``POST /api/v1/ai/events``)."""
+        backoff = 0.5
+        last = "no attempt"
+        for attempt in range(max(1, retries)):
+            if attempt:
+                if stop is not None and stop.wait(backoff):
+                    break
+                if stop is None:
+                    time.sleep(backoff)
+                backoff = min(backoff * 2, 15.0)
+            try:
+                r = self._request("POST", "/api/v1/ai/events", json=body)
+            except Unreachable as e:
+                last = str(e)
+                log.warning("cannot post; retrying the same batch: %s", e)
+                continue
+            if r.status_code == 200:
+                answer = r.json()
+                return Stored(
+                    detections=int(answer.get("detections_ingested", 0)),
+                    duplicate=bool(answer.get("duplicate", False)),
+                )
+            if r.status_code >= 500:
+                last = f"{r.status_code}: {_error_of(r)}"
+                log.warning("ingest failed (%s); retrying the same batch", last)
+                continue
+            raise _refusal(r)
+        raise GaveUp(f"batch {body.get('frame_id')} not stored: {last}")
+
+
+Analyze = Callable[[Task, Frame], Optional[Iterable[Detection]]]
+
+
+def run(
+    analyze: Analyze,
+    *,
+    api: str = "http://127.0.0.1:8000",
+    token: Optional[str] = None,
+    worker_id: str,
+    task_types: Sequence[str],
+    renew_every: float = 5.0,
+    ttl_secs: int = 60,
+    stop: Optional[threading.Event] = None,
+    client: Optional[Client] = None,
+) -> None:
+    """Leases, and calls ``analyze(task, frame)`` on each leased task's new frames at the
+    task's fps, one thread per task, until ``stop`` is set (or SIGTERM/SIGINT when called from
+    the main thread); then releases the lease.
+
+    ``analyze`` returns the detections to post; nothing is posted for an empty result (zones
+    end a track that stops being reported on their own timeout). Calls for one task come from
+    that task's thread, one at a time, so per-task state keyed by ``task.id`` needs no lock.
+    """
+    client = client or Client(api, token)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    supervisor = _Supervisor(client, analyze, worker_id, list(task_types), ttl_secs, stop)
+    try:
+        while not stop.is_set():
+            supervisor.renew()
+            supervisor.lease_now.wait(renew_every)
+            supervisor.lease_now.clear()
+    finally:
+        supervisor.shutdown()
+
+
+class _Supervisor:
+    """Holds the lease and one runner thread per leased task."""
+
+    def __init__(self, client, analyze, worker_id, task_types, ttl_secs, stop):
+        self.client, self.analyze = client, analyze
+        self.worker_id, self.task_types, self.ttl_secs = worker_id, task_types, ttl_secs
+        self.stop = stop
+        self.lease_now = threading.Event()
+        self.lease_id: Optional[str] = None
+        self.runners: dict[str, tuple[Task, threading.Event, threading.Thread]] = {}
+
+    def renew(self) -> None:
+        try:
+            lease = self.client.lease(self.worker_id, self.task_types, self.ttl_secs)
+        except HeldarError as e:
+            log.warning("lease failed: %s", e)
+            return
+        self.lease_id = lease.lease_id
+        wanted = {t.id: t for t in lease.tasks if t.task_type in self.task_types}
+        for task_id in [i for i, (t, _, _) in self.runners.items() if wanted.get(i) != t]:
+            self._stop_runner(task_id)
+        for task_id, task in wanted.items():
+            if task_id not in self.runners:
+                task_stop = threading.Event()
+                thread = threading.Thread(
+                    target=self._run_task, args=(task, task_stop), daemon=True,
+                    name=f"task {task_id}",
+                )
+                self.runners[task_id] = (task, task_stop, thread)
+                thread.start()
+                log.info("started task %s at %s fps", task_id, task.fps)
+
+    def _stop_runner(self, task_id: str) -> None:
+        _, task_stop, thread = self.runners.pop(task_id)
+        task_stop.set()
+        thread.join()
+        log.info("stopped task %s", task_id)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for task_id in list(self.runners):
+            self._stop_runner(task_id)
+        if self.lease_id is not None:
+            try:
+                self.client.release(self.lease_id)
+            except HeldarError as e:
+                log.warning("release failed: %s", e)
+
+    def _run_task(self, task: Task, task_stop: threading.Event) -> None:
+        period = 1.0 / max(task.fps, 0.1)
+        # A frame older than this describes a scene that has moved on.
+        max_age_ms = max(2000, int(3000 * period))
+        last_captured = None
+        last_error = None
+        while not task_stop.is_set() and not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                frame = self.client.frame(task)
+                last_error = None
+                if frame and frame.captured_at != last_captured and frame.age_ms <= max_age_ms:
+                    last_captured = frame.captured_at
+                    detections = list(self.analyze(task, frame) or [])
+                    if detections:
+                        self.client.post(task, frame, detections, stop=self.stop)
+            except TicketRefused:
+                log.info("task %s: ticket refused; leasing again", task.id)
+                last_captured = None
+                self.lease_now.set()
+            except HeldarError as e:
+                # Once per distinct problem, not at the task's frame rate.
+                if str(e) != last_error:
+                    log.warning("task %s: %s", task.id, e)
+                    last_error = str(e)
+            except Exception as e:  # noqa: BLE001 - a bad frame must not end the task
+                if repr(e) != last_error:
+                    log.exception("task %s: analysis failed", task.id)
+                    last_error = repr(e)
+            rest = period - (time.monotonic() - started)
+            task_stop.wait(max(rest, 0.02))

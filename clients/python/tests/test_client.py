@@ -1,0 +1,202 @@
+"""The Python client against a running daemon (started by tests/it/worker_clients.rs).
+
+The daemon records a synthetic camera with one task of type HELDAR_TASK_TYPE; HELDAR_TOKEN is a
+worker token and HELDAR_VIEWER_TOKEN a viewer token, for reading back what was stored.
+"""
+
+import os
+import socket
+import threading
+import time
+import unittest
+from urllib.parse import urlsplit
+
+import requests
+
+from heldar_worker import (
+    Client,
+    Detection,
+    Frame,
+    Refused,
+    TicketRefused,
+    run,
+)
+
+API = os.environ["HELDAR_API"]
+TOKEN = os.environ["HELDAR_TOKEN"]
+VIEWER = os.environ["HELDAR_VIEWER_TOKEN"]
+TASK_TYPE = os.environ["HELDAR_TASK_TYPE"]
+
+
+def wait_for(what, condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stored(camera_id):
+    r = requests.get(
+        f"{API}/api/v1/cameras/{camera_id}/detections?limit=500",
+        headers={"X-API-Key": VIEWER},
+        timeout=10,
+    )
+    r.raise_for_status()
+    return r.json()
+
+
+class LateDaemon:
+    """A port where nothing answers until ``open_after`` seconds, then a plain TCP relay to the
+    daemon: the daemon restarting, as a worker sees it."""
+
+    def __init__(self, open_after):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        target = urlsplit(API)
+        self.target = (target.hostname, target.port)
+        self.thread = threading.Thread(target=self._serve, args=(open_after,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, open_after):
+        time.sleep(open_after)
+        listener = socket.create_server(("127.0.0.1", self.port))
+        while True:
+            conn, _ = listener.accept()
+            upstream = socket.create_connection(self.target)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+
+class ClientTest(unittest.TestCase):
+    def setUp(self):
+        self.client = Client(API, TOKEN)
+        self.worker_id = f"py-{self.id().rsplit('.', 1)[-1]}"
+        lease = self.client.lease(self.worker_id, [TASK_TYPE])
+        self.assertEqual(len(lease.tasks), 1, lease)
+        self.lease = lease
+        self.task = lease.tasks[0]
+
+    def tearDown(self):
+        self.client.release(self.lease.lease_id)
+
+    def fresh_frame(self, after=None) -> Frame:
+        def newer():
+            f = self.client.frame(self.task)
+            return f if f and f.captured_at != after else None
+
+        return wait_for("a sampled frame", newer)
+
+    def test_a_lease_offers_the_task_with_its_frame_route(self):
+        self.assertEqual(self.task.task_type, TASK_TYPE)
+        self.assertTrue(self.task.frame_url.startswith(f"/api/v1/cameras/{self.task.camera_id}/frame"))
+        self.assertIn(f"task={self.task.id}", self.task.frame_url)
+        self.assertGreater(self.task.fps, 0)
+        self.assertTrue(self.lease.expires_at.endswith("Z") or "+" in self.lease.expires_at)
+
+    def test_a_ticketed_frame_posted_twice_is_stored_once(self):
+        frame = self.fresh_frame()
+        self.assertTrue(frame.jpeg.startswith(b"\xff\xd8"), "a JPEG")
+        self.assertIsNotNone(frame.ticket, "a leased task's frame carries a ticket")
+        seen = [Detection("person", 0.87, (0.1, 0.2, 0.3, 0.4), track_id="py7",
+                          attributes={"colour": "red"})]
+        first = self.client.post(self.task, frame, seen)
+        self.assertEqual((first.detections, first.duplicate), (1, False))
+        again = self.client.post(self.task, frame, seen)
+        self.assertEqual((again.detections, again.duplicate), (0, True))
+        rows = [r for r in stored(self.task.camera_id) if r["track_id"] == "py7"]
+        self.assertEqual(len(rows), 1, rows)
+        row = rows[0]
+        self.assertEqual((row["label"], row["track_id"]), ("person", "py7"))
+        self.assertEqual(row["bbox"], [0.1, 0.2, 0.3, 0.4])
+        self.assertEqual(row["attributes"]["colour"], "red")
+        self.assertEqual(row["attributes"]["source"], "worker")
+        self.assertTrue(row["frame_id"].startswith(self.task.id + ":"), row)
+
+    def test_a_tampered_ticket_is_a_ticket_refusal(self):
+        frame = self.fresh_frame()
+        forged = Frame(frame.captured_at, frame.age_ms, frame.ticket[:-2] + "AA", frame.jpeg)
+        with self.assertRaises(TicketRefused) as refused:
+            self.client.post(self.task, forged, [Detection("person", 0.5, (0, 0, 0.1, 0.1))])
+        self.assertEqual(refused.exception.status, 401)
+        self.assertIn("frame_ticket", refused.exception.error)
+
+    def test_a_bad_box_is_refused_and_names_the_field(self):
+        frame = self.fresh_frame()
+        with self.assertRaises(Refused) as refused:
+            self.client.post(self.task, frame, [Detection("person", 0.5, (1.5, 0, 0.1, 0.1))])
+        self.assertNotIsInstance(refused.exception, TicketRefused)
+        self.assertEqual(refused.exception.status, 400)
+        self.assertIn("detections[0].bbox", refused.exception.error)
+
+    def test_a_post_is_retried_until_the_daemon_answers(self):
+        frame = self.fresh_frame()
+        late = LateDaemon(open_after=1.2)
+        client = Client(f"http://127.0.0.1:{late.port}", TOKEN)
+        started = time.monotonic()
+        seen = [Detection("person", 0.6, (0.2, 0.2, 0.2, 0.2), track_id="late1")]
+        result = client.post(self.task, frame, seen)
+        self.assertGreaterEqual(time.monotonic() - started, 1.0, "the first attempts found no daemon")
+        self.assertEqual((result.detections, result.duplicate), (1, False))
+        rows = [r for r in stored(self.task.camera_id) if r["track_id"] == "late1"]
+        self.assertEqual(len(rows), 1, rows)
+
+
+class RunTest(unittest.TestCase):
+    def test_run_analyzes_new_frames_posts_them_and_releases_on_stop(self):
+        answers = []
+
+        class Recording(Client):
+            def post(self, *args, **kwargs):
+                answers.append(super().post(*args, **kwargs))
+                return answers[-1]
+
+        client = Recording(API, TOKEN)
+        analysed = []
+        stop = threading.Event()
+
+        def analyze(task, frame):
+            analysed.append(frame.captured_at)
+            return [Detection("person", 0.9, (0.4, 0.4, 0.2, 0.2), track_id="run1")]
+
+        worker = threading.Thread(
+            target=run,
+            kwargs=dict(analyze=analyze, client=client, worker_id="py-run",
+                        task_types=[TASK_TYPE], renew_every=0.5, stop=stop),
+        )
+        worker.start()
+        wait_for("three analysed frames", lambda: len(analysed) >= 3)
+        stop.set()
+        worker.join(timeout=20)
+        self.assertFalse(worker.is_alive(), "run returns once stopped")
+        self.assertEqual(len(set(analysed)), len(analysed), f"each frame analysed once: {analysed}")
+        self.assertEqual(len(answers), len(analysed), "each analysed frame posted, even at stop")
+
+        check = client.lease("py-run-check", [TASK_TYPE])
+        try:
+            self.assertEqual(len(check.tasks), 1, "released on stop, so another worker gets it")
+            rows = [r for r in stored(check.tasks[0].camera_id) if r["track_id"] == "run1"]
+            # A frame another test already posted is a duplicate: stored once, by that test.
+            fresh = [a for a in answers if not a.duplicate]
+            self.assertEqual(len(rows), len(fresh), f"every new frame is stored: {answers}")
+            self.assertGreaterEqual(len(fresh), 2, answers)
+        finally:
+            client.release(check.lease_id)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,4 @@
+-- 0014: a worker remembers the lease id of its last lease call, so releasing that lease takes
+-- the worker out of the share at once. Before, a released worker counted as live until its TTL
+-- ran out, and a worker starting in its place got no tasks for up to five minutes.
+ALTER TABLE workers ADD COLUMN lease_id TEXT;
