@@ -65,6 +65,8 @@ data_dir = "/var/lib/heldar"
 [http]
 listen = "127.0.0.1:8000"
 auth = true
+# Workers on the box fetch raw frames cheapest over this socket (tokens still apply).
+socket = "/run/heldar/api.sock"
 
 [control]
 socket = "/run/heldar/heldar.sock"

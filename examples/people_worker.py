@@ -5,9 +5,9 @@ It leases the tasks of one task type (``people`` unless ``--task-type`` says oth
 people in each new frame, and posts them as ``person`` detections with normalised boxes and
 track ids from a small IoU tracker, so zones see each person enter, dwell and leave.
 
-    pip install ./clients/python "opencv-python-headless<5"
+    pip install ./clients/python numpy "opencv-python-headless<5"
     TOKEN=$(heldar token create --role worker --name people)
-    HELDAR_TOKEN=$TOKEN python3 examples/people_worker.py
+    HELDAR_TOKEN=$TOKEN python3 examples/people_worker.py [--socket /run/heldar/api.sock]
 
 The HOG detector ships inside OpenCV (no model to download). It finds upright people about 100
 to 200 pixels tall in the frame it is given, so the task's ``width`` decides what it can see and
@@ -117,11 +117,16 @@ class PeopleDetector:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--api", default=os.environ.get("HELDAR_API", "http://127.0.0.1:8000"))
-    p.add_argument("--token", default=os.environ.get("HELDAR_TOKEN"),
-                   help="a worker token (default: $HELDAR_TOKEN)")
+    p.add_argument("--token", default=os.environ.get("HELDAR_TOKEN") or os.environ.get("HELDAR_API_KEY"),
+                   help="a worker token (default: $HELDAR_TOKEN, or $HELDAR_API_KEY as the "
+                        "heldar-worker@ unit sets it)")
     p.add_argument("--worker-id", default=f"people-{os.uname().nodename}")
     p.add_argument("--task-type", default="people")
     p.add_argument("--min-confidence", type=float, default=0.6)
+    p.add_argument("--frames", choices=["rgb", "jpeg"], default="rgb",
+                   help="raw RGB (no JPEG encode in the daemon, no decode here) or JPEG")
+    p.add_argument("--socket", default=os.environ.get("HELDAR_API_SOCKET"),
+                   help="the daemon's http.socket, to talk over it instead of --api")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cv2.setNumThreads(1)
@@ -130,10 +135,14 @@ def main(argv=None) -> int:
     trackers: dict = {}
 
     def analyze(task, frame):
-        image = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            log.warning("task %s: a frame that is not a JPEG", task.id)
-            return []
+        if frame.format == "jpeg":
+            image = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+            if image is None:
+                log.warning("task %s: a frame that is not a JPEG", task.id)
+                return []
+        else:
+            # HOG takes the strongest gradient of the three channels: RGB or BGR alike.
+            image = frame.array()
         found = detector.detect(image)
         tracker = trackers.setdefault(task.id, IouTracker())
         ids = tracker.update([box for box, _ in found])
@@ -141,7 +150,7 @@ def main(argv=None) -> int:
 
     log.info("people worker %s on %s, task type %s", args.worker_id, args.api, args.task_type)
     run(analyze, api=args.api, token=args.token, worker_id=args.worker_id,
-        task_types=[args.task_type])
+        task_types=[args.task_type], frames=args.frames, socket=args.socket)
     return 0
 
 

@@ -6,7 +6,6 @@
 //! strangers before they reach this check; the check stands on its own when it may not.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use axum::Router;
@@ -97,20 +96,7 @@ impl ControlListener {
     /// Binds the socket, replacing a stale file left by a crashed daemon but refusing to steal
     /// the socket of a daemon that still answers.
     pub async fn bind(path: &Path, group: &str) -> io::Result<ControlListener> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        if path.exists() {
-            if tokio::net::UnixStream::connect(path).await.is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("another heldar daemon is answering on {}", path.display()),
-                ));
-            }
-            std::fs::remove_file(path)?;
-        }
-        let listener = UnixListener::bind(path)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        let listener = super::listener::bind_socket(path, 0o660).await?;
         let group_gid = match Group::from_name(group) {
             Ok(Some(g)) => {
                 if let Err(e) = std::os::unix::fs::chown(path, None, Some(g.gid.as_raw())) {

@@ -21,9 +21,17 @@
 //!
 //! The systemd unit's `LimitNOFILE=` is sized so that the table at its fullest leaves the
 //! recorder most of the descriptors.
+//!
+//! The same router is served on the API's Unix socket (`http.socket`) when one is configured,
+//! for workers on the box: the same connection table holds both kinds of connection, and a Unix
+//! socket's peer counts as `127.0.0.1`, as every local client does on the TCP port.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,7 +47,8 @@ use hyper::server::conn::http1;
 use hyper::service::{Service as _, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -56,8 +65,45 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// a bigger unread body closes the connection instead of being read for nothing.
 pub const DRAIN_LIMIT: u64 = 4 << 20;
 
-/// Serves `router` on `listener` until `shutdown`, then lets open requests finish.
-pub async fn serve(listener: TcpListener, router: Router, shutdown: CancellationToken) {
+/// What a Unix socket's peer is called in `ConnectInfo`: it is on this box.
+const LOCAL_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+
+/// Binds a Unix socket with `mode`, replacing a stale file left by a crashed daemon but refusing
+/// to steal the socket of a daemon that still answers.
+pub async fn bind_socket(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another heldar daemon is answering on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// The next connection on `socket`; never, without one.
+async fn accept_local(socket: Option<&UnixListener>) -> io::Result<UnixStream> {
+    match socket {
+        Some(s) => s.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves `router` on `listener`, and on `socket` when there is one, until `shutdown`; then lets
+/// open requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    socket: Option<UnixListener>,
+    router: Router,
+    shutdown: CancellationToken,
+) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
@@ -68,7 +114,8 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
+            accepted = listener.accept() => accepted.map(|(s, peer)| (Either::Left(s), peer)),
+            accepted = accept_local(socket.as_ref()) => accepted.map(|s| (Either::Right(s), LOCAL_PEER)),
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,

@@ -18,7 +18,9 @@ use crate::auth::{Principal, Role};
 use crate::config::model::StreamProfile;
 use crate::metrics::INSTRUMENTS;
 use crate::perception::detections::{self, DetectionFilter, DetectionRow};
-use crate::perception::{IngestAnswer, IngestBody, LeaseAnswer, LeaseBody, WorkerTask};
+use crate::perception::{
+    FrameFormat, IngestAnswer, IngestBody, LeaseAnswer, LeaseBody, WorkerTask,
+};
 use crate::store::StoreError;
 
 /// Largest ingest body.
@@ -58,6 +60,7 @@ pub(super) async fn tasks(
 pub(super) struct FrameQuery {
     profile: Option<String>,
     task: Option<String>,
+    format: Option<String>,
 }
 
 pub(super) async fn frame(
@@ -80,15 +83,40 @@ pub(super) async fn frame(
             ));
         }
     };
+    let format = match q.format.as_deref() {
+        None => FrameFormat::Jpeg,
+        Some(f) => FrameFormat::parse(f).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("format {f:?} must be jpeg, rgb or gray"),
+            )
+        })?,
+    };
     let served = state
         .perception
-        .frame(&who, &camera, profile, q.task.as_deref())
+        .frame(&who, &camera, profile, q.task.as_deref(), format)
         .await?;
     let captured = DateTime::<Utc>::from_timestamp_millis(served.captured_ms).unwrap_or_default();
     let age_ms = (Utc::now().timestamp_millis() - served.captured_ms).max(0);
-    let mut response = (StatusCode::OK, served.jpeg.as_ref().clone()).into_response();
+    let stride = served.body.stride(served.width);
+    let (width, height) = (served.width, served.height);
+    let mut response = (StatusCode::OK, Bytes::from_owner(served.body)).into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+    match stride {
+        None => {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("image/jpeg"));
+        }
+        Some(stride) => {
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            h.insert("x-frame-stride", HeaderValue::from(stride));
+        }
+    }
+    h.insert("x-frame-format", HeaderValue::from_static(format.as_str()));
+    h.insert("x-frame-width", HeaderValue::from(width));
+    h.insert("x-frame-height", HeaderValue::from(height));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let stamp = captured.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     if let Ok(v) = HeaderValue::from_str(&stamp) {

@@ -208,6 +208,9 @@ fn resolve_paths(config: &mut Config, base_dir: &Path) {
     };
     resolve(&mut config.data_dir);
     resolve(&mut config.control.socket);
+    if let Some(socket) = &mut config.http.socket {
+        resolve(socket);
+    }
     // A bare name is a port of the board profile; validation names the ones it has when not.
     for s in &mut config.serial {
         let name = s.device.to_string_lossy().into_owned();

@@ -133,6 +133,15 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on http.listen {}", config.http.listen))?;
     let http_listen: SocketAddr = http.local_addr()?;
+    let api_socket = match &config.http.socket {
+        Some(path) => Some((
+            api::listener::bind_socket(path, 0o666)
+                .await
+                .with_context(|| format!("cannot bind http.socket {}", path.display()))?,
+            path.clone(),
+        )),
+        None => None,
+    };
 
     let state = AppState {
         store: store.clone(),
@@ -175,11 +184,18 @@ pub async fn run(
         }
     });
     tracing::info!(url = %format!("http://{http_listen}/"), "http listening");
+    let (socket, socket_path) = api_socket.unzip();
+    if let Some(path) = &socket_path {
+        tracing::info!(path = %path.display(), "http api socket listening");
+    }
     services.spawn("http", {
         let router = api::http_router(state.clone(), config.http.auth);
         let token = shutdown.clone();
         async move {
-            api::listener::serve(http, router, token).await;
+            api::listener::serve(http, socket, router, token).await;
+            if let Some(path) = socket_path {
+                let _ = std::fs::remove_file(path);
+            }
             Ok(())
         }
     });

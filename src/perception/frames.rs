@@ -1,8 +1,10 @@
 //! The latest sampled frame of each (camera, profile), held in memory with its capture time.
 //!
-//! No frame is written to disk (flash wear). A frame is kept as RGB; its JPEG is encoded the first
-//! time someone asks for it, at most once however many workers read it, and never for frames
-//! nobody reads.
+//! No frame is written to disk (flash wear). A frame is kept as RGB; its JPEG (and its grey
+//! plane) is made the first time someone asks for it, at most once however many workers read
+//! it, and never for frames nobody reads. Workers on the box can take the RGB or grey pixels as
+//! they are ([`FrameFormat`]): encoding and decoding a JPEG costs both sides far more than
+//! handing over the bytes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +23,39 @@ pub enum JpegError {
     TooLarge { width: u32, height: u32 },
     #[error("JPEG encoding failed: {0}")]
     Encoder(Arc<jpeg_encoder::EncodingError>),
-    #[error("JPEG encoding stopped abnormally: {0}")]
+    #[error("preparing the frame stopped abnormally: {0}")]
     Aborted(String),
+}
+
+/// How a worker wants a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameFormat {
+    Jpeg,
+    /// Packed 8-bit R, G, B, rows of `width * 3` bytes, top row first.
+    Rgb,
+    /// 8-bit luma (Rec. 601), rows of `width` bytes: a third of the bytes, for detectors that
+    /// work in grey.
+    Gray,
+}
+
+impl FrameFormat {
+    /// The `format=` value of the frame route, and of its `x-frame-format` header.
+    pub fn parse(value: &str) -> Option<FrameFormat> {
+        match value {
+            "jpeg" => Some(FrameFormat::Jpeg),
+            "rgb" | "rgb24" => Some(FrameFormat::Rgb),
+            "gray" | "gray8" => Some(FrameFormat::Gray),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FrameFormat::Jpeg => "jpeg",
+            FrameFormat::Rgb => "rgb24",
+            FrameFormat::Gray => "gray8",
+        }
+    }
 }
 
 /// One decoded frame.
@@ -33,6 +66,7 @@ pub struct Frame {
     /// Wall clock of the frame at the camera (its RTP time mapped to our clock), Unix ms.
     pub captured_ms: i64,
     jpeg: OnceLock<Result<Arc<Vec<u8>>, JpegError>>,
+    gray: OnceLock<Arc<Vec<u8>>>,
 }
 
 impl Frame {
@@ -43,7 +77,26 @@ impl Frame {
             height,
             captured_ms,
             jpeg: OnceLock::new(),
+            gray: OnceLock::new(),
         }
+    }
+
+    /// The grey plane, made now if nobody asked before. Blocking: CPU work (about a millisecond
+    /// for 1280x720).
+    pub fn gray(&self) -> Arc<Vec<u8>> {
+        self.gray
+            .get_or_init(|| {
+                let luma = self
+                    .rgb
+                    .chunks_exact(3)
+                    .map(|p| {
+                        // Integer Rec. 601: 0.299 R + 0.587 G + 0.114 B, rounded.
+                        ((77 * p[0] as u32 + 150 * p[1] as u32 + 29 * p[2] as u32 + 128) >> 8) as u8
+                    })
+                    .collect();
+                Arc::new(luma)
+            })
+            .clone()
     }
 }
 
@@ -123,5 +176,16 @@ mod tests {
         assert_eq!(&a[..2], &[0xFF, 0xD8]);
         assert_eq!(store.encodes(), 1);
         assert!(store.latest("gate", StreamProfile::Main).is_none());
+    }
+
+    #[test]
+    fn the_grey_plane_is_the_luma_of_each_pixel_made_once() {
+        let rgb = [
+            255, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30,
+        ];
+        let frame = Frame::new(rgb.to_vec(), 3, 2, 1);
+        let gray = frame.gray();
+        assert_eq!(*gray, vec![255, 0, 77, 149, 29, 18]);
+        assert!(Arc::ptr_eq(&gray, &frame.gray()));
     }
 }

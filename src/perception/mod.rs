@@ -28,7 +28,7 @@ use crate::outbox::Outbox;
 use crate::registry::{Registry, RegistryError, Task, task_camera};
 use crate::store::{Store, StoreError};
 
-pub use frames::{Frame, FrameStore, JpegError};
+pub use frames::{Frame, FrameFormat, FrameStore, JpegError};
 
 /// A camera's stream, as samplers and frames are keyed: (camera id, profile).
 pub type CameraStream = (String, StreamProfile);
@@ -120,9 +120,47 @@ pub struct LeaseAnswer {
 
 /// A frame ready to serve.
 pub struct ServedFrame {
-    pub jpeg: Arc<Vec<u8>>,
+    pub body: FrameBody,
+    pub width: u32,
+    pub height: u32,
     pub captured_ms: i64,
     pub ticket: Option<String>,
+}
+
+/// The bytes of a served frame, shared with the frame store rather than copied: a 1280x720 RGB
+/// frame is 2.7 MB, and several workers may read it.
+pub enum FrameBody {
+    Jpeg(Arc<Vec<u8>>),
+    Rgb(Arc<Frame>),
+    Gray(Arc<Vec<u8>>),
+}
+
+impl FrameBody {
+    pub fn format(&self) -> FrameFormat {
+        match self {
+            FrameBody::Jpeg(_) => FrameFormat::Jpeg,
+            FrameBody::Rgb(_) => FrameFormat::Rgb,
+            FrameBody::Gray(_) => FrameFormat::Gray,
+        }
+    }
+
+    /// Bytes per row of a raw frame; `None` for a JPEG.
+    pub fn stride(&self, width: u32) -> Option<u32> {
+        match self {
+            FrameBody::Jpeg(_) => None,
+            FrameBody::Rgb(_) => Some(width * 3),
+            FrameBody::Gray(_) => Some(width),
+        }
+    }
+}
+
+impl AsRef<[u8]> for FrameBody {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            FrameBody::Jpeg(b) | FrameBody::Gray(b) => b,
+            FrameBody::Rgb(f) => &f.rgb,
+        }
+    }
 }
 
 /// The perception service; cheap to clone.
@@ -255,17 +293,32 @@ impl Perception {
         camera_id: &str,
         profile: StreamProfile,
         task: Option<&str>,
+        format: FrameFormat,
     ) -> Result<ServedFrame, PerceptionError> {
         let frame = self.frames.latest(camera_id, profile).ok_or_else(|| {
             PerceptionError::NotFound(format!(
                 "no sampled frame yet for camera {camera_id:?} (is a task enabled for this camera and profile?)"
             ))
         })?;
-        let frames = self.frames.clone();
-        let encoded = frame.clone();
-        let jpeg = tokio::task::spawn_blocking(move || frames.jpeg(&encoded))
-            .await
-            .map_err(|e| JpegError::Aborted(e.to_string()))??;
+        let body = match format {
+            FrameFormat::Rgb => FrameBody::Rgb(frame.clone()),
+            FrameFormat::Gray => {
+                let f = frame.clone();
+                FrameBody::Gray(
+                    tokio::task::spawn_blocking(move || f.gray())
+                        .await
+                        .map_err(|e| JpegError::Aborted(e.to_string()))?,
+                )
+            }
+            FrameFormat::Jpeg => {
+                let (frames, f) = (self.frames.clone(), frame.clone());
+                FrameBody::Jpeg(
+                    tokio::task::spawn_blocking(move || frames.jpeg(&f))
+                        .await
+                        .map_err(|e| JpegError::Aborted(e.to_string()))??,
+                )
+            }
+        };
         let mut ticket = None;
         if let Some(task_id) = task.filter(|t| !t.is_empty()) {
             let now_ms = chrono::Utc::now().timestamp_millis();
@@ -294,7 +347,9 @@ impl Perception {
             }
         }
         Ok(ServedFrame {
-            jpeg,
+            body,
+            width: frame.width,
+            height: frame.height,
             captured_ms: frame.captured_ms,
             ticket,
         })

@@ -59,6 +59,28 @@ pub struct Lease {
     pub tasks: Vec<Task>,
 }
 
+/// How a worker wants its frames: raw pixels spare the daemon a JPEG encode and the worker a
+/// decode, for a few more bytes on the loopback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FrameFormat {
+    #[default]
+    Jpeg,
+    /// Packed R, G, B.
+    Rgb,
+    /// 8-bit luma.
+    Gray,
+}
+
+impl FrameFormat {
+    fn query(self) -> Option<&'static str> {
+        match self {
+            FrameFormat::Jpeg => None,
+            FrameFormat::Rgb => Some("rgb"),
+            FrameFormat::Gray => Some("gray"),
+        }
+    }
+}
+
 /// A sampled frame and what the daemon said about it.
 #[derive(Clone, Debug)]
 pub struct Frame {
@@ -68,7 +90,13 @@ pub struct Frame {
     pub age_ms: i64,
     /// Present when the worker holds a live lease on the task.
     pub ticket: Option<String>,
-    pub jpeg: Vec<u8>,
+    pub format: FrameFormat,
+    pub width: u32,
+    pub height: u32,
+    /// Bytes per row of a raw frame; 0 for a JPEG.
+    pub stride: u32,
+    /// The JPEG file, or the raw rows.
+    pub data: Vec<u8>,
 }
 
 /// One thing a worker saw in a frame.
@@ -214,7 +242,7 @@ impl Client {
     }
 
     /// The task's latest frame, or `None` while none has been sampled (404).
-    pub fn frame(&self, task: &Task) -> Result<Option<Frame>, ClientError> {
+    pub fn frame(&self, task: &Task, format: FrameFormat) -> Result<Option<Frame>, ClientError> {
         // The URL comes from the daemon, but a worker holding a token should fetch nothing but
         // the daemon's own frame route with it.
         if !task.frame_url.starts_with('/')
@@ -226,7 +254,13 @@ impl Client {
                 task.id
             )));
         }
-        let mut request = self.agent.get(self.url(&task.frame_url));
+        let mut url = self.url(&task.frame_url);
+        if let Some(f) = format.query() {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str("format=");
+            url.push_str(f);
+        }
+        let mut request = self.agent.get(url);
         if let Some(t) = &self.token {
             request = request.header("X-API-Key", t);
         }
@@ -251,16 +285,32 @@ impl Client {
             .and_then(|a| a.parse().ok())
             .unwrap_or(i64::MAX);
         let ticket = header("x-frame-ticket");
-        let jpeg = response
+        let number = |name: &str| header(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let (width, height, stride) = (
+            number("x-frame-width"),
+            number("x-frame-height"),
+            number("x-frame-stride"),
+        );
+        let data = response
             .body_mut()
             .with_config()
             .limit(64 << 20)
             .read_to_vec()?;
+        if format != FrameFormat::Jpeg && (data.len() as u64) < stride as u64 * height as u64 {
+            return Err(ClientError::BadAnswer(format!(
+                "a raw frame of {} bytes for {height} rows of {stride}",
+                data.len()
+            )));
+        }
         Ok(Some(Frame {
             captured_at,
             age_ms,
             ticket,
-            jpeg,
+            format,
+            width,
+            height,
+            stride,
+            data,
         }))
     }
 
@@ -351,6 +401,8 @@ pub struct RunOptions {
     /// How often the lease is renewed; well under `ttl_secs`.
     pub renew_every: Duration,
     pub ttl_secs: u32,
+    /// What the analysis gets.
+    pub format: FrameFormat,
 }
 
 impl RunOptions {
@@ -360,6 +412,7 @@ impl RunOptions {
             task_types: task_types.iter().map(|t| t.to_string()).collect(),
             renew_every: Duration::from_secs(5),
             ttl_secs: 60,
+            format: FrameFormat::Jpeg,
         }
     }
 }
@@ -421,8 +474,9 @@ where
                         runner_stop.clone(),
                         release_now.clone(),
                     );
+                    let format = options.format;
                     let thread = std::thread::spawn(move || {
-                        run_task(&c, &t, analyze, &s, stop, &r);
+                        run_task(&c, &t, format, analyze, &s, stop, &r);
                     });
                     tracing::info!(task = %id, fps = task.fps, "started task");
                     runners.insert(
@@ -459,6 +513,7 @@ where
 fn run_task(
     client: &Client,
     task: &Task,
+    format: FrameFormat,
     mut analyze: impl FnMut(&Frame) -> Vec<Detection>,
     task_stop: &AtomicBool,
     stop: &AtomicBool,
@@ -471,7 +526,7 @@ fn run_task(
     let mut last_error = String::new();
     while !task_stop.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
-        match client.frame(task) {
+        match client.frame(task, format) {
             Ok(Some(frame)) if frame.captured_at != last_captured && frame.age_ms <= max_age_ms => {
                 last_captured = frame.captured_at.clone();
                 let detections = analyze(&frame);

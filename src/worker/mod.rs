@@ -3,8 +3,9 @@
 //! doubles as a living test of that contract.
 //!
 //! The contract's rules (leases, frame skipping, tickets, retries) live in [`client`], which any
-//! Rust worker can use; this module adds only what is motion's own: decode the JPEG, find moving
-//! regions, and report them with stable track ids.
+//! Rust worker can use; this module adds only what is motion's own: take the frame's grey plane
+//! (raw, so neither side spends time on a JPEG), find moving regions, and report them with
+//! stable track ids.
 
 pub mod client;
 pub mod motion;
@@ -12,7 +13,7 @@ pub mod motion;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use client::{Client, Detection, Frame, RunOptions};
+use client::{Client, Detection, Frame, FrameFormat, RunOptions};
 use motion::{Grey, MotionDetector, MotionSettings};
 
 /// What the worker needs to run.
@@ -54,10 +55,11 @@ pub fn run(settings: WorkerSettings) -> anyhow::Result<()> {
     let client = Client::new(&settings.api, settings.token.clone());
     let mut options = RunOptions::new(&settings.worker_id, &["motion"]);
     options.renew_every = settings.poll;
+    options.format = FrameFormat::Gray;
     tracing::info!(api = %settings.api, worker_id = %settings.worker_id, "motion worker started");
     client::run(&client, &options, &STOP, |_task| {
         let mut detector = MotionDetector::new(MotionSettings::default());
-        move |frame: &Frame| match grey_of(&frame.jpeg) {
+        move |frame: &Frame| match grey_of(frame) {
             Some(grey) => detector
                 .detect(grey)
                 .iter()
@@ -74,15 +76,12 @@ pub fn run(settings: WorkerSettings) -> anyhow::Result<()> {
 }
 
 /// The frame at about 160 pixels wide, in grey: all motion needs.
-fn grey_of(jpeg: &[u8]) -> Option<Grey> {
-    let mut decoder = jpeg_decoder::Decoder::new(jpeg);
-    let pixels = decoder.decode().ok()?;
-    let info = decoder.info()?;
-    let (w, h) = (info.width as usize, info.height as usize);
-    let rgb = match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => pixels,
-        jpeg_decoder::PixelFormat::L8 => pixels.iter().flat_map(|p| [*p, *p, *p]).collect(),
-        _ => return None,
-    };
-    Some(Grey::from_rgb(&rgb, w, h, 160))
+fn grey_of(frame: &Frame) -> Option<Grey> {
+    let (w, h, stride) = (
+        frame.width as usize,
+        frame.height as usize,
+        frame.stride as usize,
+    );
+    (frame.format == FrameFormat::Gray && w > 0 && h > 0 && stride >= w)
+        .then(|| Grey::from_gray(&frame.data, w, h, stride, 160))
 }

@@ -15,9 +15,16 @@ pub struct Grey {
 }
 
 impl Grey {
-    /// Downsamples packed RGB (3 bytes per pixel) to about `target_width` pixels wide, averaging
-    /// each block so noise does not look like motion.
-    pub fn from_rgb(rgb: &[u8], width: usize, height: usize, target_width: usize) -> Grey {
+    /// Downsamples 8-bit luma rows of `stride` bytes to about `target_width` pixels wide,
+    /// averaging each block so noise does not look like motion.
+    pub fn from_gray(
+        gray: &[u8],
+        width: usize,
+        height: usize,
+        stride: usize,
+        target_width: usize,
+    ) -> Grey {
+        let luma = |x: usize, y: usize| gray[y * stride + x] as u32;
         let step = (width / target_width.max(1)).max(1);
         let (w, h) = (width / step, height / step);
         let mut px = Vec::with_capacity(w * h);
@@ -25,14 +32,8 @@ impl Grey {
             for bx in 0..w {
                 let mut sum = 0u32;
                 for y in by * step..(by + 1) * step {
-                    let row = y * width * 3;
                     for x in bx * step..(bx + 1) * step {
-                        let i = row + x * 3;
-                        // Integer Rec. 601 luma.
-                        sum += (299 * rgb[i] as u32
-                            + 587 * rgb[i + 1] as u32
-                            + 114 * rgb[i + 2] as u32)
-                            / 1000;
+                        sum += luma(x, y);
                     }
                 }
                 px.push((sum / (step * step) as u32) as u8);
@@ -313,10 +314,11 @@ mod tests {
     }
 
     #[test]
-    fn rgb_is_downsampled_to_grey() {
-        let rgb: Vec<u8> = (0..320 * 180).flat_map(|_| [255u8, 255, 255]).collect();
-        let g = Grey::from_rgb(&rgb, 320, 180, 160);
-        assert_eq!((g.width, g.height), (160, 90));
-        assert!(g.px.iter().all(|p| *p >= 254));
+    fn grey_rows_are_averaged_in_blocks_and_row_padding_is_skipped() {
+        // 4x2 pixels in rows of 6 bytes; the padding (99) must not count.
+        let gray = [10, 30, 50, 70, 99, 99, 20, 40, 60, 80, 99, 99];
+        let g = Grey::from_gray(&gray, 4, 2, 6, 2);
+        assert_eq!((g.width, g.height), (2, 1));
+        assert_eq!(g.px, vec![25, 65]);
     }
 }

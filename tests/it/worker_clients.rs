@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use heldar_edge::media::synthetic::{SyntheticCamera, SyntheticSpec};
-use heldar_edge::worker::client::{Batch, Client, Detection, Frame, Posted};
+use heldar_edge::worker::client::{Batch, Client, Detection, Frame, FrameFormat, Posted};
 
 use crate::fixtures::{Daemon, Http, camera, camera_toml, token, wait_for};
 
@@ -63,10 +63,26 @@ fn the_rust_client_leases_fetches_posts_once_and_names_refusals() {
         (task.camera_id.as_str(), task.task_type.as_str()),
         ("gate", "counting")
     );
-    let frame =
-        wait_for(Duration::from_secs(30), || client.frame(task).unwrap()).expect("a sampled frame");
-    assert!(frame.jpeg.starts_with(&[0xff, 0xd8]), "a JPEG");
+    let frame = wait_for(Duration::from_secs(30), || {
+        client.frame(task, FrameFormat::Jpeg).unwrap()
+    })
+    .expect("a sampled frame");
+    assert!(frame.data.starts_with(&[0xff, 0xd8]), "a JPEG");
     assert!(frame.ticket.is_some(), "a leased task's frame has a ticket");
+    let gray = client.frame(task, FrameFormat::Gray).unwrap().unwrap();
+    assert_eq!(
+        (gray.format, gray.width, gray.stride),
+        (FrameFormat::Gray, 320, 320)
+    );
+    assert_eq!(gray.data.len(), 320 * gray.height as usize);
+    assert!(gray.ticket.is_some(), "raw frames have tickets too");
+    let viewer = token(&d, "viewer");
+    let png = http.get("/api/v1/cameras/gate/frame?format=png", Some(&viewer));
+    assert_eq!(png.status, 400);
+    assert_eq!(
+        png.json()["error"],
+        "format \"png\" must be jpeg, rgb or gray"
+    );
 
     let seen = vec![Detection::new("person", 0.8, [0.1, 0.2, 0.3, 0.4]).track("r1")];
     let batch = Batch::of(task, &frame, seen.clone());
@@ -126,6 +142,7 @@ fn the_python_client_passes_its_tests_against_a_running_daemon() {
         .env("HELDAR_TOKEN", token(&d, "worker"))
         .env("HELDAR_VIEWER_TOKEN", token(&d, "viewer"))
         .env("HELDAR_TASK_TYPE", "counting")
+        .env("HELDAR_API_SOCKET", d.api_socket())
         .output()
         .unwrap();
     let report = String::from_utf8_lossy(&out.stderr);
@@ -133,7 +150,7 @@ fn the_python_client_passes_its_tests_against_a_running_daemon() {
         out.status.success(),
         "python client tests failed:\n{report}"
     );
-    assert!(report.contains("Ran 6 tests"), "{report}");
+    assert!(report.contains("Ran 9 tests"), "{report}");
 }
 
 /// The video, at its own size and rate.
@@ -170,7 +187,8 @@ fn the_people_worker_finds_people_in_a_pedestrian_video_and_zones_see_them() {
     let viewer = token(&d, "viewer");
     let mut worker = Command::new(python)
         .arg(repo("examples/people_worker.py"))
-        .args(["--api", &http.base, "--worker-id", "people-test"])
+        .args(["--worker-id", "people-test", "--socket"])
+        .arg(d.api_socket())
         .env("HELDAR_TOKEN", token(&d, "worker"))
         .stderr(Stdio::piped())
         .spawn()

@@ -14,12 +14,12 @@ DIR=${1:-target/python-workers}
 PYTHON=${PYTHON:-python3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 # OpenCV below 5 keeps the HOG people detector; numpy below 2 matches it on Python 3.11.
-REQUIREMENTS=("requests==2.32.3" "numpy==1.26.4" "opencv-python-headless==4.10.0.84")
+REQUIREMENTS=("httpx==0.27.2" "numpy==1.26.4" "opencv-python-headless==4.10.0.84")
 
 venv_ok() {
   [ -x "$DIR/venv/bin/python" ] && "$DIR/venv/bin/python" - "${REQUIREMENTS[@]}" <<'PY' 2>/dev/null
 import importlib.metadata as m, sys
-import heldar_worker, cv2
+import heldar_worker, cv2, httpx
 assert all(m.version(name) == version for name, version in (r.split("==") for r in sys.argv[1:]))
 PY
 }

@@ -5,6 +5,10 @@ those requests (``run``). The rules the loop keeps are the contract's: renew the
 the task set it returns, skip a frame already analysed or too old, post with the frame's ticket
 and an idempotent frame id, repeat a 5xx with the same body, and lease again at once when a
 ticket is refused.
+
+Frames come as JPEG, or raw (``rgb`` or ``gray``) for workers on the box: raw pixels skip the
+JPEG encode in the daemon and the decode in the worker, and cost least over the API's Unix socket
+(``Client(socket="/run/heldar/api.sock")``, the daemon's ``http.socket``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Sequence
 
-import requests
+import httpx
 
 log = logging.getLogger("heldar_worker")
 
@@ -95,6 +99,9 @@ class Lease:
         )
 
 
+FORMATS = ("jpeg", "rgb", "gray")
+
+
 @dataclass(frozen=True)
 class Frame:
     """A sampled frame and what the daemon said about it."""
@@ -105,7 +112,32 @@ class Frame:
     age_ms: int
     #: Present when this worker holds a live lease on the task.
     ticket: Optional[str]
-    jpeg: bytes
+    #: ``jpeg``, ``rgb24`` (packed R, G, B) or ``gray8``, as the daemon's ``x-frame-format`` says.
+    format: str
+    data: bytes
+    width: int = 0
+    height: int = 0
+    #: Bytes per row of a raw frame.
+    stride: int = 0
+
+    @property
+    def jpeg(self) -> bytes:
+        if self.format != "jpeg":
+            raise ValueError(f"this frame is {self.format}, not JPEG: use array()")
+        return self.data
+
+    def array(self):
+        """The pixels as a numpy array over the received bytes, without a copy (read-only):
+        ``(height, width, 3)`` RGB for ``rgb24``, ``(height, width)`` for ``gray8``."""
+        import numpy as np
+
+        if self.format == "rgb24":
+            shape, strides = (self.height, self.width, 3), (self.stride, 3, 1)
+        elif self.format == "gray8":
+            shape, strides = (self.height, self.width), (self.stride, 1)
+        else:
+            raise ValueError(f"a {self.format} frame has no raw pixels: decode frame.jpeg")
+        return np.ndarray(shape, dtype=np.uint8, buffer=self.data, strides=strides)
 
 
 @dataclass
@@ -146,14 +178,14 @@ def _frame_id(task: Task, frame: Frame) -> str:
     return f"{task.id}:{frame.captured_at}"
 
 
-def _error_of(response: requests.Response) -> str:
+def _error_of(response: httpx.Response) -> str:
     try:
         return str(response.json().get("error", response.text[:200]))
     except ValueError:
         return response.text[:200]
 
 
-def _refusal(response: requests.Response) -> Refused:
+def _refusal(response: httpx.Response) -> Refused:
     error = _error_of(response)
     if response.status_code == 409 or (
         response.status_code == 401 and "frame_ticket" in error
@@ -166,8 +198,9 @@ class Client:
     """Talks to the daemon's worker routes with one worker credential.
 
     ``api`` is the daemon's HTTP base URL; ``token`` a worker token (``heldar token create --role
-    worker``), or ``None`` on a box with ``http.auth = false``. One ``Client`` may be shared by
-    threads: each request is independent.
+    worker``), or ``None`` on a box with ``http.auth = false``. With ``socket``, the path of the
+    daemon's ``http.socket``, every request goes over that Unix socket instead (``api`` is then
+    only a name). One ``Client`` may be shared by threads: each thread gets its own connection.
     """
 
     def __init__(
@@ -175,30 +208,55 @@ class Client:
         api: str = "http://127.0.0.1:8000",
         token: Optional[str] = None,
         timeout: float = 10.0,
+        socket: Optional[str] = None,
     ):
         self.api = api.rstrip("/")
+        self.socket = socket
         self.timeout = timeout
         self._headers = {"User-Agent": USER_AGENT}
         if token:
             self._headers["X-API-Key"] = token
         self._local = threading.local()
+        self._opened: list = []
+        self._opened_lock = threading.Lock()
 
-    def _session(self) -> requests.Session:
-        # requests.Session is not documented as thread-safe: one per thread keeps its
-        # connection pool without sharing it.
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = self._local.session = requests.Session()
-            s.headers.update(self._headers)
-        return s
+    def close(self) -> None:
+        """Closes the connections of every thread that used this client."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for c in opened:
+            c.close()
+        self._local = threading.local()
 
-    def _request(self, method: str, path: str, **kwargs) -> requests.Response:
-        try:
-            return self._session().request(
-                method, self.api + path, timeout=self.timeout, **kwargs
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def _where(self) -> str:
+        return f"unix socket {self.socket}" if self.socket else self.api
+
+    def _http(self) -> httpx.Client:
+        # One client per thread: a task's frames and posts reuse one connection, and no
+        # connection pool is shared between threads.
+        c = getattr(self._local, "http", None)
+        if c is None:
+            transport = httpx.HTTPTransport(uds=self.socket) if self.socket else None
+            c = self._local.http = httpx.Client(
+                base_url=self.api, headers=self._headers, timeout=self.timeout,
+                transport=transport,
             )
-        except requests.RequestException as e:
-            raise Unreachable(f"cannot reach the daemon at {self.api}: {e}") from e
+            with self._opened_lock:
+                self._opened.append(c)
+        return c
+
+    def _request(self, method: str, path: str, **kwargs) -> httpx.Response:
+        try:
+            return self._http().request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise Unreachable(f"cannot reach the daemon at {self._where}: {e}") from e
 
     def lease(
         self,
@@ -234,14 +292,20 @@ class Client:
             raise _refusal(r)
         return [Task.from_json(t) for t in r.json()]
 
-    def frame(self, task: Task) -> Optional[Frame]:
-        """The task's latest frame, or ``None`` while none has been sampled yet."""
+    def frame(self, task: Task, format: str = "jpeg") -> Optional[Frame]:
+        """The task's latest frame, or ``None`` while none has been sampled yet. ``format`` is
+        ``jpeg``, ``rgb`` or ``gray``; the raw ones come at the task's size, ready for
+        ``Frame.array()``."""
         url = task.frame_url
         # The URL comes from the daemon, but the token should go nowhere but its frame route.
         if not url.startswith("/") or "://" in url or ".." in url:
             raise HeldarError(
                 f"task {task.id} has a frame URL that is not a plain relative path"
             )
+        if format not in FORMATS:
+            raise ValueError(f"format {format!r} must be one of {', '.join(FORMATS)}")
+        if format != "jpeg":
+            url += ("&" if "?" in url else "?") + f"format={format}"
         r = self._request("GET", url)
         if r.status_code == 404:
             return None
@@ -254,11 +318,16 @@ class Client:
             age_ms = int(r.headers.get("x-frame-age-ms", ""))
         except ValueError:
             age_ms = 1 << 62
+        header = lambda name: int(r.headers.get(name, "0"))  # noqa: E731
         return Frame(
             captured_at=captured,
             age_ms=age_ms,
             ticket=r.headers.get("x-frame-ticket"),
-            jpeg=r.content,
+            format=r.headers.get("x-frame-format", "jpeg"),
+            data=r.content,
+            width=header("x-frame-width"),
+            height=header("x-frame-height"),
+            stride=header("x-frame-stride"),
         )
 
     def post(
@@ -337,21 +406,27 @@ def run(
     ttl_secs: int = 60,
     stop: Optional[threading.Event] = None,
     client: Optional[Client] = None,
+    frames: str = "jpeg",
+    socket: Optional[str] = None,
 ) -> None:
     """Leases, and calls ``analyze(task, frame)`` on each leased task's new frames at the
     task's fps, one thread per task, until ``stop`` is set (or SIGTERM/SIGINT when called from
-    the main thread); then releases the lease.
+    the main thread); then releases the lease. ``frames`` is the format ``analyze`` gets
+    (``jpeg``, ``rgb`` or ``gray``); ``socket`` the daemon's ``http.socket``, to talk over it.
 
     ``analyze`` returns the detections to post; nothing is posted for an empty result (zones
     end a track that stops being reported on their own timeout). Calls for one task come from
     that task's thread, one at a time, so per-task state keyed by ``task.id`` needs no lock.
     """
-    client = client or Client(api, token)
+    if frames not in FORMATS:
+        raise ValueError(f"frames {frames!r} must be one of {', '.join(FORMATS)}")
+    own_client = client is None
+    client = client or Client(api, token, socket=socket)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    supervisor = _Supervisor(client, analyze, worker_id, list(task_types), ttl_secs, stop)
+    supervisor = _Supervisor(client, analyze, worker_id, list(task_types), ttl_secs, stop, frames)
     try:
         while not stop.is_set():
             supervisor.renew()
@@ -359,13 +434,15 @@ def run(
             supervisor.lease_now.clear()
     finally:
         supervisor.shutdown()
+        if own_client:
+            client.close()
 
 
 class _Supervisor:
     """Holds the lease and one runner thread per leased task."""
 
-    def __init__(self, client, analyze, worker_id, task_types, ttl_secs, stop):
-        self.client, self.analyze = client, analyze
+    def __init__(self, client, analyze, worker_id, task_types, ttl_secs, stop, frames):
+        self.client, self.analyze, self.frames = client, analyze, frames
         self.worker_id, self.task_types, self.ttl_secs = worker_id, task_types, ttl_secs
         self.stop = stop
         self.lease_now = threading.Event()
@@ -418,7 +495,7 @@ class _Supervisor:
         while not task_stop.is_set() and not self.stop.is_set():
             started = time.monotonic()
             try:
-                frame = self.client.frame(task)
+                frame = self.client.frame(task, self.frames)
                 last_error = None
                 if frame and frame.captured_at != last_captured and frame.age_ms <= max_age_ms:
                     last_captured = frame.captured_at

@@ -1,9 +1,11 @@
 """The Python client against a running daemon (started by tests/it/worker_clients.rs).
 
-The daemon records a synthetic camera with one task of type HELDAR_TASK_TYPE; HELDAR_TOKEN is a
-worker token and HELDAR_VIEWER_TOKEN a viewer token, for reading back what was stored.
+The daemon records a synthetic camera with one task of type HELDAR_TASK_TYPE (320 pixels wide);
+HELDAR_TOKEN is a worker token and HELDAR_VIEWER_TOKEN a viewer token, for reading back what was
+stored; HELDAR_API_SOCKET is the daemon's http.socket.
 """
 
+import dataclasses
 import os
 import socket
 import threading
@@ -11,7 +13,7 @@ import time
 import unittest
 from urllib.parse import urlsplit
 
-import requests
+import httpx
 
 from heldar_worker import (
     Client,
@@ -26,6 +28,7 @@ API = os.environ["HELDAR_API"]
 TOKEN = os.environ["HELDAR_TOKEN"]
 VIEWER = os.environ["HELDAR_VIEWER_TOKEN"]
 TASK_TYPE = os.environ["HELDAR_TASK_TYPE"]
+API_SOCKET = os.environ["HELDAR_API_SOCKET"]
 
 
 def wait_for(what, condition, timeout=30.0):
@@ -39,7 +42,7 @@ def wait_for(what, condition, timeout=30.0):
 
 
 def stored(camera_id):
-    r = requests.get(
+    r = httpx.get(
         f"{API}/api/v1/cameras/{camera_id}/detections?limit=500",
         headers={"X-API-Key": VIEWER},
         timeout=10,
@@ -93,6 +96,7 @@ class ClientTest(unittest.TestCase):
 
     def tearDown(self):
         self.client.release(self.lease.lease_id)
+        self.client.close()
 
     def fresh_frame(self, after=None) -> Frame:
         def newer():
@@ -129,7 +133,7 @@ class ClientTest(unittest.TestCase):
 
     def test_a_tampered_ticket_is_a_ticket_refusal(self):
         frame = self.fresh_frame()
-        forged = Frame(frame.captured_at, frame.age_ms, frame.ticket[:-2] + "AA", frame.jpeg)
+        forged = dataclasses.replace(frame, ticket=frame.ticket[:-2] + "AA")
         with self.assertRaises(TicketRefused) as refused:
             self.client.post(self.task, forged, [Detection("person", 0.5, (0, 0, 0.1, 0.1))])
         self.assertEqual(refused.exception.status, 401)
@@ -146,14 +150,75 @@ class ClientTest(unittest.TestCase):
     def test_a_post_is_retried_until_the_daemon_answers(self):
         frame = self.fresh_frame()
         late = LateDaemon(open_after=1.2)
-        client = Client(f"http://127.0.0.1:{late.port}", TOKEN)
         started = time.monotonic()
         seen = [Detection("person", 0.6, (0.2, 0.2, 0.2, 0.2), track_id="late1")]
-        result = client.post(self.task, frame, seen)
+        with Client(f"http://127.0.0.1:{late.port}", TOKEN) as client:
+            result = client.post(self.task, frame, seen)
         self.assertGreaterEqual(time.monotonic() - started, 1.0, "the first attempts found no daemon")
         self.assertEqual((result.detections, result.duplicate), (1, False))
         rows = [r for r in stored(self.task.camera_id) if r["track_id"] == "late1"]
         self.assertEqual(len(rows), 1, rows)
+
+
+class RawFrameTest(unittest.TestCase):
+    """Raw frames over the API's Unix socket, under the same lease and ticket rules."""
+
+    def setUp(self):
+        self.client = Client(token=TOKEN, socket=API_SOCKET)
+        self.lease = self.client.lease("py-raw", [TASK_TYPE])
+        self.assertEqual(len(self.lease.tasks), 1, self.lease)
+        self.task = self.lease.tasks[0]
+
+    def tearDown(self):
+        self.client.release(self.lease.lease_id)
+        self.client.close()
+
+    def same_frame(self):
+        """An RGB and a grey frame of one capture (the sampler may move on between the two)."""
+
+        def pair():
+            rgb = self.client.frame(self.task, "rgb")
+            gray = self.client.frame(self.task, "gray")
+            return (rgb, gray) if rgb and gray and rgb.captured_at == gray.captured_at else None
+
+        return wait_for("an RGB and a grey frame of one capture", pair)
+
+    def test_raw_frames_are_the_pixels_with_their_geometry(self):
+        import numpy as np
+
+        rgb, gray = self.same_frame()
+        self.assertEqual((rgb.format, rgb.width, rgb.stride), ("rgb24", 320, 960))
+        self.assertEqual(len(rgb.data), rgb.stride * rgb.height)
+        self.assertEqual((gray.format, gray.width, gray.height, gray.stride),
+                         ("gray8", 320, rgb.height, 320))
+        pixels = rgb.array()
+        self.assertEqual(pixels.shape, (rgb.height, 320, 3))
+        self.assertFalse(pixels.flags.owndata, "a view over the received bytes, not a copy")
+        r, g, b = (pixels[..., i].astype(np.uint32) for i in range(3))
+        luma = ((77 * r + 150 * g + 29 * b + 128) >> 8).astype(np.uint8)
+        self.assertTrue(np.array_equal(gray.array(), luma), "grey is the luma of the RGB frame")
+        self.assertGreater(int(pixels.std()), 5, "a picture, not a blank")
+        with self.assertRaises(ValueError):
+            rgb.jpeg
+
+    def test_a_raw_frames_ticket_is_as_good_as_a_jpegs(self):
+        # A frame captured after this test began: no other test has posted it.
+        first = wait_for("a raw frame", lambda: self.client.frame(self.task, "gray"))
+        frame = wait_for("the next raw frame", lambda: (
+            lambda f: f if f and f.captured_at != first.captured_at else None
+        )(self.client.frame(self.task, "gray")))
+        self.assertIsNotNone(frame.ticket)
+        stored_ = self.client.post(self.task, frame, [Detection("person", 0.7, (0.5, 0.5, 0.1, 0.1),
+                                                                track_id="raw1")])
+        self.assertEqual((stored_.detections, stored_.duplicate), (1, False))
+
+    def test_the_socket_checks_tokens_as_the_port_does(self):
+        with Client(token="hld_" + "0" * 64, socket=API_SOCKET) as intruder, \
+                self.assertRaises(Refused) as refused:
+            intruder.lease("py-intruder", [TASK_TYPE])
+        self.assertEqual(refused.exception.status, 401)
+        with self.assertRaises(ValueError):
+            self.client.frame(self.task, "png")
 
 
 class RunTest(unittest.TestCase):
@@ -196,6 +261,7 @@ class RunTest(unittest.TestCase):
             self.assertGreaterEqual(len(fresh), 2, answers)
         finally:
             client.release(check.lease_id)
+            client.close()
 
 
 if __name__ == "__main__":
