@@ -207,7 +207,7 @@ fn default_labels_per_camera() -> u32 {
     32
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 

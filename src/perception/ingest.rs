@@ -15,7 +15,7 @@ use super::{Perception, PerceptionError, leases, tickets};
 use crate::auth::Principal;
 use crate::config::is_task_type;
 use crate::outbox::{self, NewRecord};
-use crate::registry;
+use crate::registry::{self, DetectionGate};
 use crate::store::StoreError;
 
 /// Most detections one batch may carry.
@@ -144,6 +144,7 @@ impl Perception {
             Stored::NoCamera => Err(PerceptionError::NotFound(format!(
                 "camera {camera_id:?} not found"
             ))),
+            Stored::Refused(why) => Err(PerceptionError::Forbidden(why)),
         }
     }
 
@@ -323,6 +324,8 @@ enum Stored {
     /// Nothing: the camera does not exist (checked in the same transaction, so a camera removed
     /// meanwhile cannot gain a batch).
     NoCamera,
+    /// Nothing: the camera or the batch's task type is switched off, for this reason.
+    Refused(String),
 }
 
 /// The one transaction of a batch: camera check, dedup check, outbox record, batch row,
@@ -335,8 +338,10 @@ fn store_batch(
     detections: Vec<Detection>,
     event: Option<WorkerEvent>,
 ) -> Result<Stored, StoreError> {
-    if !registry::camera_exists(c, &b.camera_id)? {
-        return Ok(Stored::NoCamera);
+    match registry::detection_gate(c, &b.camera_id, &b.task_type)? {
+        DetectionGate::NoCamera => return Ok(Stored::NoCamera),
+        DetectionGate::Closed(why) => return Ok(Stored::Refused(why)),
+        DetectionGate::Open => {}
     }
     if let Some(frame_id) = &b.frame_id {
         let seen: Option<i64> = c

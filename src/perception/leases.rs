@@ -2,10 +2,13 @@
 //!
 //! Acquiring is renewing. The tasks are shared among the *live* workers of one credential: a
 //! worker is live while its last lease call is younger than its TTL, and every call records it
-//! (the upstream kernel only recorded workers on the legacy task list, so the first worker to
-//! lease took everything). Task `i` of the sorted eligible list belongs to worker `i mod n` of the
-//! sorted live workers; a worker renews the tasks of its share that are free or already its own
-//! and lets go of the others, so after one renewal round every task sits with its owner. A worker
+//! with the task types it asked for (the upstream kernel only recorded workers on the legacy task
+//! list, so the first worker to lease took everything). Every call computes the same split: the
+//! active tasks in id order, each to the live worker able to do it (its task types admit the
+//! task's) that has been given the fewest so far, ties to the lowest worker id. So workers of
+//! different task types under one token each get all of theirs, and workers of the same types
+//! get equal shares. A worker renews the tasks of its share that are free or already its own and
+//! lets go of the others, so after one renewal round every task sits with its owner. A worker
 //! that stops renewing loses its tasks when its leases expire; one that releases its lease leaves
 //! the share at once. Expiry is a predicate, not a reaper.
 
@@ -31,13 +34,23 @@ pub struct LeaseRequest<'a> {
     pub ttl_ms: i64,
     pub max_tasks: usize,
     pub now_ms: i64,
+    /// The task types this worker asked for; `None`: every type.
+    pub task_types: Option<&'a [String]>,
 }
 
-/// Acquires or renews this worker's share of `eligible` (task ids, sorted); returns the ids leased.
+/// An active task as the split sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActiveTask {
+    pub id: String,
+    pub task_type: String,
+}
+
+/// Acquires or renews this worker's share of `active` (every active task, sorted by id); returns
+/// the ids leased.
 pub fn acquire(
     c: &Connection,
     req: &LeaseRequest<'_>,
-    eligible: &[String],
+    active: &[ActiveTask],
 ) -> rusqlite::Result<Vec<String>> {
     let LeaseRequest {
         credential,
@@ -46,29 +59,36 @@ pub fn acquire(
         ttl_ms,
         max_tasks,
         now_ms,
+        task_types,
     } = *req;
+    let types_json = task_types.map(|t| serde_json::to_string(t).unwrap_or_else(|_| "[]".into()));
     c.execute(
-        "INSERT INTO workers (credential, worker_id, last_seen_ms, ttl_ms, lease_id) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (credential, worker_id) DO UPDATE SET last_seen_ms = ?3, ttl_ms = ?4, lease_id = ?5",
-        params![credential, worker_id, now_ms, ttl_ms, lease_id],
+        "INSERT INTO workers (credential, worker_id, last_seen_ms, ttl_ms, lease_id, task_types)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (credential, worker_id)
+         DO UPDATE SET last_seen_ms = ?3, ttl_ms = ?4, lease_id = ?5, task_types = ?6",
+        params![credential, worker_id, now_ms, ttl_ms, lease_id, types_json],
     )?;
     c.execute(
         "DELETE FROM workers WHERE last_seen_ms + ttl_ms < ?1",
         [now_ms - 3_600_000],
     )?;
     let mut stmt = c.prepare_cached(
-        "SELECT worker_id FROM workers WHERE credential = ?1 AND last_seen_ms + ttl_ms > ?2 ORDER BY worker_id",
+        "SELECT worker_id, task_types FROM workers
+         WHERE credential = ?1 AND last_seen_ms + ttl_ms > ?2 ORDER BY worker_id",
     )?;
-    let live: Vec<String> = stmt
-        .query_map(params![credential, now_ms], |r| r.get(0))?
+    let live: Vec<(String, Option<Vec<String>>)> = stmt
+        .query_map(params![credential, now_ms], |r| {
+            let types: Option<String> = r.get(1)?;
+            // A filter that does not parse admits nothing rather than everything.
+            let types = types.map(|t| serde_json::from_str(&t).unwrap_or_default());
+            Ok((r.get(0)?, types))
+        })?
         .collect::<Result<_, _>>()?;
-    let me = live.iter().position(|w| w == worker_id).unwrap_or(0);
-    let n = live.len().max(1);
-    let share: Vec<&String> = eligible
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % n == me)
-        .map(|(_, t)| t)
+    let share: Vec<&String> = split(&live, active)
+        .into_iter()
+        .filter(|(_, owner)| *owner == worker_id)
+        .map(|(task, _)| task)
         .collect();
 
     // Let go of what is no longer this worker's, so its owner can take it now.
@@ -118,6 +138,27 @@ pub fn acquire(
         leased.push(task.clone());
     }
     Ok(leased)
+}
+
+/// Every task of `active` that some live worker can do, with its owner: each task in order to the
+/// capable worker given the fewest so far, ties to the first (lowest id).
+fn split<'t>(
+    live: &'t [(String, Option<Vec<String>>)],
+    active: &'t [ActiveTask],
+) -> Vec<(&'t String, &'t str)> {
+    let mut given = vec![0usize; live.len()];
+    let mut owners = Vec::new();
+    for task in active {
+        let capable = live
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, types))| types.as_ref().is_none_or(|t| t.contains(&task.task_type)));
+        if let Some((i, (worker, _))) = capable.min_by_key(|(i, _)| given[*i]) {
+            given[i] += 1;
+            owners.push((&task.id, worker.as_str()));
+        }
+    }
+    owners
 }
 
 /// Releases every task of a lease id held by `credential`, and takes the worker whose last lease
@@ -175,7 +216,19 @@ mod tests {
         (0..n).map(|i| format!("cam{i}:motion:sub")).collect()
     }
 
-    /// Leases for `worker` at `now_ms`; the lease id is `l<now_ms>`.
+    fn typed(ids: &[String]) -> Vec<ActiveTask> {
+        let mut active: Vec<ActiveTask> = ids
+            .iter()
+            .map(|id| ActiveTask {
+                id: id.clone(),
+                task_type: id.split(':').nth(1).unwrap().to_string(),
+            })
+            .collect();
+        active.sort_by(|a, b| a.id.cmp(&b.id));
+        active
+    }
+
+    /// Leases for `worker` (every task type) at `now_ms`; the lease id is `l<now_ms>`.
     fn take(
         c: &Connection,
         credential: &str,
@@ -183,7 +236,19 @@ mod tests {
         now_ms: i64,
         all: &[String],
     ) -> Vec<String> {
+        take_types(c, credential, worker, None, now_ms, all)
+    }
+
+    fn take_types(
+        c: &Connection,
+        credential: &str,
+        worker: &str,
+        types: Option<&[&str]>,
+        now_ms: i64,
+        all: &[String],
+    ) -> Vec<String> {
         let lease_id = format!("l{now_ms}");
+        let types: Option<Vec<String>> = types.map(|t| t.iter().map(|s| s.to_string()).collect());
         let req = LeaseRequest {
             credential,
             worker_id: worker,
@@ -191,8 +256,38 @@ mod tests {
             ttl_ms: 60_000,
             max_tasks: 512,
             now_ms,
+            task_types: types.as_deref(),
         };
-        acquire(c, &req, all).unwrap()
+        acquire(c, &req, &typed(all)).unwrap()
+    }
+
+    #[test]
+    fn workers_of_different_task_types_under_one_token_each_get_all_of_theirs() {
+        let c = db();
+        let all: Vec<String> = [
+            "a:motion:sub",
+            "b:motion:sub",
+            "a:people:main",
+            "b:people:main",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let motion = |now| take_types(&c, "tok_1", "m", Some(&["motion"]), now, &all);
+        let people = |now| take_types(&c, "tok_1", "p", Some(&["people"]), now, &all);
+        assert_eq!(motion(0), vec!["a:motion:sub", "b:motion:sub"]);
+        assert_eq!(
+            people(10),
+            vec!["a:people:main", "b:people:main"],
+            "the motion worker does not count against the people tasks"
+        );
+        assert_eq!(motion(20), vec!["a:motion:sub", "b:motion:sub"]);
+        // A worker of every type joins: in id order each task goes to the capable worker given
+        // the fewest, so z takes the second motion task, which m lets go of at its next renewal.
+        assert_eq!(take(&c, "tok_1", "z", 30, &all), Vec::<String>::new());
+        assert_eq!(motion(40), vec!["a:motion:sub"]);
+        assert_eq!(people(50), vec!["a:people:main", "b:people:main"]);
+        assert_eq!(take(&c, "tok_1", "z", 60, &all), vec!["b:motion:sub"]);
     }
 
     #[test]

@@ -208,16 +208,16 @@ impl Perception {
         }
         let ttl_s = body.ttl_secs.unwrap_or(60.0).clamp(15.0, 300.0);
         let max_tasks = body.max_tasks.unwrap_or(512).clamp(1, 512);
-        let active = self.registry.active_tasks().await?;
-        let wanted: Vec<Task> = active
-            .into_iter()
-            .filter(|t| {
-                body.task_types
-                    .as_ref()
-                    .is_none_or(|types| types.contains(&t.task_type))
+        let mut active = self.registry.active_tasks().await?;
+        active.sort_by(|a, b| a.id.cmp(&b.id));
+        let split: Vec<leases::ActiveTask> = active
+            .iter()
+            .map(|t| leases::ActiveTask {
+                id: t.id.clone(),
+                task_type: t.task_type.clone(),
             })
             .collect();
-        let eligible: Vec<String> = wanted.iter().map(|t| t.id.clone()).collect();
+        let task_types = body.task_types.clone();
         let mut random = [0u8; 12];
         rand::rng().fill_bytes(&mut random);
         let lease_id = format!(
@@ -244,11 +244,12 @@ impl Perception {
                     ttl_ms,
                     max_tasks,
                     now_ms,
+                    task_types: task_types.as_deref(),
                 };
-                Ok::<_, StoreError>(leases::acquire(c, &req, &eligible)?)
+                Ok::<_, StoreError>(leases::acquire(c, &req, &split)?)
             })
             .await?;
-        let tasks = wanted
+        let tasks = active
             .into_iter()
             .filter(|t| leased.contains(&t.id))
             .map(WorkerTask::from)

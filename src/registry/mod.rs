@@ -401,13 +401,63 @@ impl Row {
     }
 }
 
-/// Whether a camera exists, inside the caller's transaction: ingest checks it in the same
-/// transaction that stores the batch, saving a read round trip per request.
-pub fn camera_exists(c: &Connection, id: &str) -> rusqlite::Result<bool> {
-    Ok(c.prepare_cached("SELECT 1 FROM cameras WHERE id = ?1")?
-        .query_row([id], |_| Ok(()))
-        .optional()?
-        .is_some())
+/// Whether a camera takes detections of `task_type`, inside the caller's transaction: ingest
+/// checks it in the same transaction that stores the batch, saving a read round trip per
+/// request, and a camera switched off meanwhile cannot gain a batch.
+#[derive(Debug, PartialEq)]
+pub enum DetectionGate {
+    NoCamera,
+    /// Refused, and why: the camera is disabled or has detection off, or every task of that
+    /// type on it is disabled.
+    Closed(String),
+    Open,
+}
+
+/// The gate for a batch of `task_type` on a camera. A ticketed batch's own task was checked with
+/// its ticket; this closes the camera for every batch, and a task type for a ticketless one,
+/// which names no task. A task type with no task on the camera is a legacy worker's own, and
+/// open.
+pub fn detection_gate(
+    c: &Connection,
+    camera_id: &str,
+    task_type: &str,
+) -> Result<DetectionGate, StoreError> {
+    /// The two switches of a camera's settings, without parsing the rest.
+    #[derive(serde::Deserialize)]
+    struct Switches {
+        #[serde(default = "crate::config::model::yes")]
+        enabled: bool,
+        #[serde(default = "crate::config::model::yes")]
+        detect: bool,
+    }
+    let row: Option<(String, Option<bool>, Option<bool>)> = c
+        .prepare_cached(
+            "SELECT settings, enabled_override, detect_override FROM cameras WHERE id = ?1",
+        )?
+        .query_row([camera_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .optional()?;
+    let Some((settings, enabled, detect)) = row else {
+        return Ok(DetectionGate::NoCamera);
+    };
+    let switches: Switches = serde_json::from_str(&settings).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    if !(enabled.unwrap_or(switches.enabled) && detect.unwrap_or(switches.detect)) {
+        return Ok(DetectionGate::Closed(format!(
+            "camera {camera_id:?} has detection switched off"
+        )));
+    }
+    let (tasks, enabled_tasks): (i64, i64) = c
+        .prepare_cached(
+            "SELECT count(*), coalesce(sum(enabled), 0) FROM tasks WHERE camera_id = ?1 AND task_type = ?2",
+        )?
+        .query_row([camera_id, task_type], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    if tasks > 0 && enabled_tasks == 0 {
+        return Ok(DetectionGate::Closed(format!(
+            "every {task_type:?} task of camera {camera_id:?} is disabled"
+        )));
+    }
+    Ok(DetectionGate::Open)
 }
 
 fn refuse_file_owned(c: &Connection, id: &str) -> Result<(), RegistryError> {

@@ -447,3 +447,56 @@ fn ball_to_sampler_to_motion_worker_to_detections() {
         "{y}"
     );
 }
+
+#[test]
+fn a_ticketless_batch_is_refused_where_detection_is_switched_off() {
+    // No camera needs to stream: ingest is what is under test.
+    let config = "[[cameras]]\nid = \"gate\"\nurl = \"rtsp://127.0.0.1:9/none\"\ndetect = false\n\
+        [[cameras]]\nid = \"yard\"\nurl = \"rtsp://127.0.0.1:9/none\"\n\
+        [[tasks]]\ncamera = \"yard\"\ntask_type = \"motion\"\nenabled = false\n\
+        [[tasks]]\ncamera = \"yard\"\ntask_type = \"people\"\nprofile = \"main\"\nenabled = false\n\
+        [[tasks]]\ncamera = \"yard\"\ntask_type = \"people\"\n";
+    let d = Daemon::start(config).ready();
+    let http = Http::new(&d);
+    let worker = token(&d, "worker");
+    let post = |camera: &str, task_type: &str| {
+        let body =
+            json!({"camera_id": camera, "task_type": task_type, "detections": [{"label": "x"}]});
+        let r = http.post("/api/v1/ai/events", Some(&worker), &body);
+        (
+            r.status,
+            r.json()["error"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    assert_eq!(
+        post("gate", "motion"),
+        (
+            403,
+            "camera \"gate\" has detection switched off".to_string()
+        )
+    );
+    assert_eq!(
+        post("yard", "motion"),
+        (
+            403,
+            "every \"motion\" task of camera \"yard\" is disabled".to_string()
+        )
+    );
+    assert_eq!(
+        batches(&d),
+        0,
+        "nothing stored for a switched-off camera or task"
+    );
+    assert_eq!(
+        post("yard", "people").0,
+        200,
+        "one of its two people tasks is enabled"
+    );
+    assert_eq!(
+        post("yard", "faces").0,
+        200,
+        "a type with no task is a legacy worker's own"
+    );
+    assert_eq!(post("nowhere", "motion").0, 404);
+    assert_eq!(batches(&d), 2);
+}
