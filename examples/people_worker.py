@@ -5,6 +5,7 @@ It leases the tasks of one task type (``people`` unless ``--task-type`` says oth
 people in each new frame, and posts them as ``person`` detections with normalised boxes and
 track ids from a small IoU tracker, so zones see each person enter, dwell and leave.
 
+    python3 -m venv people && . people/bin/activate
     pip install ./clients/python numpy "opencv-python-headless<5"
     TOKEN=$(heldar token create --role worker --name people)
     HELDAR_TOKEN=$TOKEN python3 examples/people_worker.py [--socket /run/heldar/api.sock]
@@ -22,6 +23,7 @@ import logging
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 
 import cv2
@@ -58,6 +60,9 @@ class IouTracker:
         self.min_iou, self.patience = min_iou, patience
         self.tracks: list[Track] = []
         self.ids = itertools.count(1)
+        # Ids start again after a restart: a per-run prefix keeps zones from taking a new person
+        # for one they already follow.
+        self.run = format(int(time.time()) % 1_000_000, "x")
 
     def update(self, boxes: list) -> list:
         """The track id of each box, in order."""
@@ -81,7 +86,7 @@ class IouTracker:
         self.tracks = [t for t in self.tracks if t.missed <= self.patience]
         for bi, box in enumerate(boxes):
             if ids[bi] is None:
-                track = Track(f"p{next(self.ids)}", box)
+                track = Track(f"p{self.run}-{next(self.ids)}", box)
                 self.tracks.append(track)
                 ids[bi] = track.id
         return ids
@@ -129,6 +134,8 @@ def main(argv=None) -> int:
                    help="the daemon's http.socket, to talk over it instead of --api")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: several lines a second in the journal.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     cv2.setNumThreads(1)
 
     detector = PeopleDetector(args.min_confidence)

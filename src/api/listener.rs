@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::Path;
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,20 +68,33 @@ pub const DRAIN_LIMIT: u64 = 4 << 20;
 /// What a Unix socket's peer is called in `ConnectInfo`: it is on this box.
 const LOCAL_PEER: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
 
-/// Binds a Unix socket with `mode`, replacing a stale file left by a crashed daemon but refusing
-/// to steal the socket of a daemon that still answers.
+/// Binds a Unix socket with `mode`, replacing a stale socket left by a crashed daemon, but
+/// refusing to steal the socket of a daemon that still answers, or to delete anything that is
+/// not a socket (a mistyped path must not cost a file).
 pub async fn bind_socket(path: &Path, mode: u32) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(meta) if !meta.file_type().is_socket() => {
             return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("another heldar daemon is answering on {}", path.display()),
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
             ));
         }
-        std::fs::remove_file(path)?;
+        Ok(_) => match UnixStream::connect(path).await {
+            // Nobody listens: a crashed daemon's leftover.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Err(e) => return Err(e),
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another heldar daemon is answering on {}", path.display()),
+                ));
+            }
+        },
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;

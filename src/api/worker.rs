@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use super::{ApiError, AppState, json_body};
@@ -19,7 +20,7 @@ use crate::config::model::StreamProfile;
 use crate::metrics::INSTRUMENTS;
 use crate::perception::detections::{self, DetectionFilter, DetectionRow};
 use crate::perception::{
-    FrameFormat, IngestAnswer, IngestBody, LeaseAnswer, LeaseBody, WorkerTask,
+    FrameBody, FrameFormat, IngestAnswer, IngestBody, LeaseAnswer, LeaseBody, WorkerTask,
 };
 use crate::store::StoreError;
 
@@ -63,6 +64,43 @@ pub(super) struct FrameQuery {
     format: Option<String>,
 }
 
+/// Raw frame bodies being sent at most. Each holds its frame (2.7 MB at 720p, 25 MB at 4K) until
+/// its reader has taken all of it, so a reader that stops reading must not pin frames without
+/// bound; a worker reads a frame in about a millisecond, so 16 is far above real use.
+const MAX_RAW_IN_FLIGHT: usize = 16;
+static RAW_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// A raw body counted in [`RAW_IN_FLIGHT`] until the response lets go of it.
+struct CountedRaw(FrameBody);
+
+impl CountedRaw {
+    fn admit(body: FrameBody) -> Result<CountedRaw, ApiError> {
+        RAW_IN_FLIGHT
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_RAW_IN_FLIGHT).then_some(n + 1)
+            })
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("{MAX_RAW_IN_FLIGHT} raw frames are being sent already; ask again"),
+                )
+            })?;
+        Ok(CountedRaw(body))
+    }
+}
+
+impl AsRef<[u8]> for CountedRaw {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+}
+
+impl Drop for CountedRaw {
+    fn drop(&mut self) {
+        RAW_IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 pub(super) async fn frame(
     State(state): State<AppState>,
     Extension(who): Extension<Principal>,
@@ -100,7 +138,11 @@ pub(super) async fn frame(
     let age_ms = (Utc::now().timestamp_millis() - served.captured_ms).max(0);
     let stride = served.body.stride(served.width);
     let (width, height) = (served.width, served.height);
-    let mut response = (StatusCode::OK, Bytes::from_owner(served.body)).into_response();
+    let body = match stride {
+        None => Bytes::from_owner(served.body),
+        Some(_) => Bytes::from_owner(CountedRaw::admit(served.body)?),
+    };
+    let mut response = (StatusCode::OK, body).into_response();
     let h = response.headers_mut();
     match stride {
         None => {

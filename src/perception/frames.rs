@@ -39,16 +39,17 @@ pub enum FrameFormat {
 }
 
 impl FrameFormat {
-    /// The `format=` value of the frame route, and of its `x-frame-format` header.
+    /// The `format=` value of the frame route.
     pub fn parse(value: &str) -> Option<FrameFormat> {
         match value {
             "jpeg" => Some(FrameFormat::Jpeg),
-            "rgb" | "rgb24" => Some(FrameFormat::Rgb),
-            "gray" | "gray8" => Some(FrameFormat::Gray),
+            "rgb" => Some(FrameFormat::Rgb),
+            "gray" => Some(FrameFormat::Gray),
             _ => None,
         }
     }
 
+    /// The name the `x-frame-format` header gives it.
     pub fn as_str(self) -> &'static str {
         match self {
             FrameFormat::Jpeg => "jpeg",

@@ -137,6 +137,12 @@ pub fn acquire(
         )?;
         leased.push(task.clone());
     }
+    // What this worker still holds under an older id (its share beyond max_tasks) goes too: a
+    // release of this call's id must release everything the worker has.
+    c.execute(
+        "DELETE FROM leases WHERE credential = ?1 AND worker_id = ?2 AND lease_id != ?3",
+        params![credential, worker_id, lease_id],
+    )?;
     Ok(leased)
 }
 

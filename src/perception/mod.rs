@@ -120,7 +120,9 @@ pub struct LeaseAnswer {
 
 /// A frame ready to serve.
 pub struct ServedFrame {
+    /// In the format asked for.
     pub body: FrameBody,
+    /// The frame's pixels, which a raw body's reader needs (a JPEG says it itself).
     pub width: u32,
     pub height: u32,
     pub captured_ms: i64,
@@ -136,14 +138,6 @@ pub enum FrameBody {
 }
 
 impl FrameBody {
-    pub fn format(&self) -> FrameFormat {
-        match self {
-            FrameBody::Jpeg(_) => FrameFormat::Jpeg,
-            FrameBody::Rgb(_) => FrameFormat::Rgb,
-            FrameBody::Gray(_) => FrameFormat::Gray,
-        }
-    }
-
     /// Bytes per row of a raw frame; `None` for a JPEG.
     pub fn stride(&self, width: u32) -> Option<u32> {
         match self {

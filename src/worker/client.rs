@@ -10,7 +10,7 @@
 //! use heldar_edge::worker::client::{Client, Detection, RunOptions, run};
 //! use std::sync::atomic::AtomicBool;
 //!
-//! let client = Client::new("http://127.0.0.1:8000", std::env::var("HELDAR_TOKEN").ok());
+//! let client = Client::new("http://127.0.0.1:8000", std::env::var("HELDAR_API_KEY").ok());
 //! let options = RunOptions::new("counter-1", &["object_detection"]);
 //! static STOP: AtomicBool = AtomicBool::new(false);
 //! run(&client, &options, &STOP, |_task| {
@@ -32,18 +32,23 @@ use serde::{Deserialize, Serialize};
 /// One kind of analysis on one camera stream, as the lease answer lists it.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Task {
+    /// `{camera}:{task_type}:{profile}`, stable for the task's life.
     pub id: String,
     pub camera_id: String,
     pub task_type: String,
+    /// `main` or `sub`.
     #[serde(default)]
     pub stream_profile: String,
+    /// Frames per second the task wants analysed; the daemon may sample fewer.
     #[serde(default = "default_fps")]
     pub fps: f64,
+    /// The frame width the task asked for; frames come at the widest of a stream's tasks.
     #[serde(default)]
     pub width: Option<u32>,
     /// Opaque to the daemon: whatever the task's configuration says, for the worker to read.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// The daemon's frame route for this task, relative: `/api/v1/cameras/..`.
     pub frame_url: String,
 }
 
@@ -54,13 +59,16 @@ fn default_fps() -> f64 {
 /// A lease answer: the complete set of tasks this worker holds now.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Lease {
+    /// What to release on shutdown; every renewal issues a new one.
     pub lease_id: String,
+    /// RFC 3339; renew well before it.
     pub expires_at: String,
     pub tasks: Vec<Task>,
 }
 
 /// How a worker wants its frames: raw pixels spare the daemon a JPEG encode and the worker a
-/// decode, for a few more bytes on the loopback.
+/// decode, for a few more bytes on the loopback. (The daemon has its own type for the same
+/// formats; this module imports nothing of the crate, so it stays usable on its own.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum FrameFormat {
     #[default]
@@ -79,6 +87,22 @@ impl FrameFormat {
             FrameFormat::Gray => Some("gray"),
         }
     }
+
+    /// What `x-frame-format` says for this format (a daemon without raw frames sends none).
+    fn header(self) -> &'static str {
+        match self {
+            FrameFormat::Jpeg => "jpeg",
+            FrameFormat::Rgb => "rgb24",
+            FrameFormat::Gray => "gray8",
+        }
+    }
+
+    fn bytes_per_pixel(self) -> u32 {
+        match self {
+            FrameFormat::Rgb => 3,
+            _ => 1,
+        }
+    }
 }
 
 /// A sampled frame and what the daemon said about it.
@@ -87,10 +111,12 @@ pub struct Frame {
     /// `x-frame-captured-at`, verbatim: it changes exactly when the frame does, and it is the
     /// batch's timestamp and the second half of its frame id.
     pub captured_at: String,
+    /// Capture to answer, as the daemon measured it; the loop skips frames too old to matter.
     pub age_ms: i64,
     /// Present when the worker holds a live lease on the task.
     pub ticket: Option<String>,
     pub format: FrameFormat,
+    /// Pixels; 0 when a daemon without raw frames did not say.
     pub width: u32,
     pub height: u32,
     /// Bytes per row of a raw frame; 0 for a JPEG.
@@ -103,6 +129,7 @@ pub struct Frame {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Detection {
     pub label: String,
+    /// 0..1.
     pub confidence: f64,
     /// `[x, y, w, h]`, normalised to 0..1 from the top-left corner.
     pub bbox: [f64; 4],
@@ -110,10 +137,12 @@ pub struct Detection {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub track_id: Option<String>,
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    /// Free-form; the daemon adds its own provenance keys and drops any sent under them.
     pub attributes: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Detection {
+    /// A detection without a track: zones then count it but cannot follow it.
     pub fn new(label: &str, confidence: f64, bbox: [f64; 4]) -> Detection {
         Detection {
             label: label.to_string(),
@@ -124,6 +153,7 @@ impl Detection {
         }
     }
 
+    /// The same object's id across frames, which enter, dwell, exit and crossings need.
     pub fn track(mut self, track_id: impl Into<String>) -> Detection {
         self.track_id = Some(track_id.into());
         self
@@ -135,9 +165,11 @@ impl Detection {
 pub struct Batch {
     pub camera_id: String,
     pub task_type: String,
+    /// The frame's capture time: events are placed in the scene's time, not the post's.
     pub timestamp: String,
     /// `{task_id}:{captured_at}`: the same frame posted twice is stored once.
     pub frame_id: String,
+    /// Lets the daemon take camera, task and frame id from the lease instead of the body.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frame_ticket: Option<String>,
     pub detections: Vec<Detection>,
@@ -173,8 +205,9 @@ pub enum Posted {
 /// What went wrong talking to the daemon.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the daemon: {0}")]
-    Unreachable(#[from] ureq::Error),
+    /// No answer, or an answer cut short: connection refused or lost, timeout, body too large.
+    #[error("talking to the daemon failed: {0}")]
+    Transport(#[from] ureq::Error),
     #[error("the daemon answered {status}: {error}")]
     Status { status: u16, error: String },
     #[error("unexpected answer from the daemon: {0}")]
@@ -291,14 +324,28 @@ impl Client {
             number("x-frame-height"),
             number("x-frame-stride"),
         );
+        // A daemon without raw frames ignores format= and sends a JPEG: say so, rather than
+        // hand the analysis bytes it would misread.
+        let got = header("x-frame-format").unwrap_or_else(|| "jpeg".into());
         let data = response
             .body_mut()
             .with_config()
             .limit(64 << 20)
             .read_to_vec()?;
-        if format != FrameFormat::Jpeg && (data.len() as u64) < stride as u64 * height as u64 {
+        if got != format.header() {
             return Err(ClientError::BadAnswer(format!(
-                "a raw frame of {} bytes for {height} rows of {stride}",
+                "asked for {} frames, got {got}: this daemon may not offer raw frames",
+                format.header()
+            )));
+        }
+        if format != FrameFormat::Jpeg
+            && (width == 0
+                || height == 0
+                || stride < width * format.bytes_per_pixel()
+                || (data.len() as u64) < stride as u64 * height as u64)
+        {
+            return Err(ClientError::BadAnswer(format!(
+                "a raw frame of {} bytes for {width}x{height} in rows of {stride}",
                 data.len()
             )));
         }
@@ -400,12 +447,14 @@ pub struct RunOptions {
     pub task_types: Vec<String>,
     /// How often the lease is renewed; well under `ttl_secs`.
     pub renew_every: Duration,
+    /// How long the daemon keeps this worker's tasks without a renewal (15..300 s).
     pub ttl_secs: u32,
     /// What the analysis gets.
     pub format: FrameFormat,
 }
 
 impl RunOptions {
+    /// JPEG frames, renewed every 5 s with a 60 s TTL.
     pub fn new(worker_id: &str, task_types: &[&str]) -> RunOptions {
         RunOptions {
             worker_id: worker_id.to_string(),
@@ -455,13 +504,11 @@ where
                     .filter(|(id, r)| wanted.get(*id) != Some(&r.task))
                     .map(|(id, _)| id.clone())
                     .collect();
-                for id in changed {
-                    if let Some(r) = runners.remove(&id) {
-                        r.stop.store(true, Ordering::SeqCst);
-                        let _ = r.thread.join();
-                        tracing::info!(task = %id, "stopped task");
-                    }
-                }
+                let stopping: Vec<(String, Runner)> = changed
+                    .into_iter()
+                    .filter_map(|id| runners.remove(&id).map(|r| (id, r)))
+                    .collect();
+                stop_all(stopping);
                 for (id, task) in wanted {
                     if runners.contains_key(&id) {
                         continue;
@@ -499,14 +546,28 @@ where
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    for (_, r) in runners.drain() {
-        r.stop.store(true, Ordering::SeqCst);
-        let _ = r.thread.join();
-    }
-    if let Some(id) = lease_id {
-        client.release(&id)?;
+    stop_all(runners.drain().collect());
+    if let Some(id) = lease_id
+        && let Err(e) = client.release(&id)
+    {
+        // The lease runs out on its own within its TTL.
+        tracing::warn!(error = %e, "could not release the lease");
     }
     Ok(())
+}
+
+/// Tells every runner to stop, then waits for them: one runner's last post does not hold up
+/// the others' stop.
+fn stop_all(runners: Vec<(String, Runner)>) {
+    for (_, r) in &runners {
+        r.stop.store(true, Ordering::SeqCst);
+    }
+    for (id, r) in runners {
+        if r.thread.join().is_err() {
+            tracing::error!(task = %id, "the task's thread panicked");
+        }
+        tracing::info!(task = %id, "stopped task");
+    }
 }
 
 /// One task's loop at its fps: frame, analysis, post.
@@ -529,22 +590,12 @@ fn run_task(
         match client.frame(task, format) {
             Ok(Some(frame)) if frame.captured_at != last_captured && frame.age_ms <= max_age_ms => {
                 last_captured = frame.captured_at.clone();
-                let detections = analyze(&frame);
-                if !detections.is_empty() {
-                    match client.post(&Batch::of(task, &frame, detections), stop) {
-                        Posted::TicketRefused => {
-                            tracing::info!(task = %task.id, "ticket refused; re-leasing");
-                            last_captured.clear();
-                            release_now.store(true, Ordering::SeqCst);
-                        }
-                        Posted::Refused { status, error } => {
-                            tracing::warn!(task = %task.id, status, %error, "batch refused");
-                        }
-                        Posted::GaveUp => {
-                            tracing::warn!(task = %task.id, "batch dropped after retries");
-                        }
-                        Posted::Stored { .. } => {}
-                    }
+                if analyse_and_post(client, task, &frame, &mut analyze, task_stop)
+                    == Some(Posted::TicketRefused)
+                {
+                    tracing::info!(task = %task.id, "ticket refused; re-leasing");
+                    last_captured.clear();
+                    release_now.store(true, Ordering::SeqCst);
                 }
             }
             Ok(_) => last_error.clear(),
@@ -560,4 +611,33 @@ fn run_task(
         let rest = period.saturating_sub(started.elapsed());
         std::thread::sleep(rest.max(Duration::from_millis(20)));
     }
+}
+
+/// One frame's analysis and post; `None` when nothing was posted. A panicking analysis loses
+/// the frame, not the task: the next frame gets its chance.
+fn analyse_and_post(
+    client: &Client,
+    task: &Task,
+    frame: &Frame,
+    analyze: &mut impl FnMut(&Frame) -> Vec<Detection>,
+    task_stop: &AtomicBool,
+) -> Option<Posted> {
+    let analysed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analyze(frame)));
+    let detections = match analysed {
+        Ok(d) if d.is_empty() => return None,
+        Ok(d) => d,
+        Err(_) => {
+            tracing::error!(task = %task.id, frame = %frame.captured_at, "the analysis panicked");
+            return None;
+        }
+    };
+    let posted = client.post(&Batch::of(task, frame, detections), task_stop);
+    match &posted {
+        Posted::Refused { status, error } => {
+            tracing::warn!(task = %task.id, status, %error, "batch refused");
+        }
+        Posted::GaveUp => tracing::warn!(task = %task.id, "batch dropped after retries"),
+        Posted::TicketRefused | Posted::Stored { .. } => {}
+    }
+    Some(posted)
 }

@@ -66,11 +66,15 @@ fn sigkill_is_recorded_as_an_unclean_stop_and_the_stale_socket_replaced() {
     d.signal(Signal::SIGKILL);
     d.wait_exit(Duration::from_secs(5)).unwrap();
     assert!(
-        d.socket().exists(),
-        "a killed daemon leaves its socket file behind"
+        d.socket().exists() && d.api_socket().exists(),
+        "a killed daemon leaves its socket files behind"
     );
     d.spawn(&[]);
     let s = wait_boots(&d, 2);
+    assert!(
+        std::os::unix::net::UnixStream::connect(d.api_socket()).is_ok(),
+        "the stale API socket was replaced by a live one"
+    );
     assert_eq!(s["boots"]["previous_clean"], false);
     assert_eq!(s["boots"]["unclean"], 1);
     assert!(
@@ -93,6 +97,34 @@ fn a_second_daemon_on_the_same_socket_is_refused() {
         stderr(&out).contains("another heldar daemon is answering on"),
         "{}",
         stderr(&out)
+    );
+}
+
+#[test]
+fn a_file_where_a_socket_should_be_is_refused_and_kept() {
+    let mut d = Daemon::start("").ready();
+    d.signal(Signal::SIGTERM);
+    d.wait_exit(Duration::from_secs(10)).unwrap();
+    std::fs::write(
+        d.api_socket(),
+        "not a socket: a mistyped path must cost no file",
+    )
+    .unwrap();
+    let out = crate::fixtures::heldar_command()
+        .args(["run", "--config"])
+        .arg(d.config_path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot bind http.socket")
+            && stderr(&out).contains("exists and is not a socket"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.api_socket()).unwrap(),
+        "not a socket: a mistyped path must cost no file"
     );
 }
 

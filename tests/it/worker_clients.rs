@@ -7,7 +7,7 @@
 //! walking through a hall.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -190,7 +190,8 @@ fn the_people_worker_finds_people_in_a_pedestrian_video_and_zones_see_them() {
         .args(["--worker-id", "people-test", "--socket"])
         .arg(d.api_socket())
         .env("HELDAR_TOKEN", token(&d, "worker"))
-        .stderr(Stdio::piped())
+        // A file, not a pipe: a pipe nobody reads until the end could fill and stall the worker.
+        .stderr(std::fs::File::create(d.dir.path().join("people.log")).unwrap())
         .spawn()
         .unwrap();
 
@@ -213,8 +214,7 @@ fn the_people_worker_finds_people_in_a_pedestrian_video_and_zones_see_them() {
         nix::sys::signal::Signal::SIGTERM,
     );
     let status = worker.wait().unwrap();
-    let mut log = String::new();
-    std::io::Read::read_to_string(worker.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let log = std::fs::read_to_string(d.dir.path().join("people.log")).unwrap();
     let rows = rows.unwrap_or_else(|| panic!("person detections on 12 frames; worker log:\n{log}"));
     assert!(status.success(), "a clean stop on SIGTERM: {status}\n{log}");
     let events =

@@ -64,7 +64,7 @@ class Task:
     fps: float = 5.0
     width: Optional[int] = None
     #: Opaque to the daemon: the task's own settings, for the worker to read.
-    config: dict = field(default_factory=dict, hash=False, compare=False)
+    config: dict = field(default_factory=dict, hash=False)
 
     @classmethod
     def from_json(cls, t: dict) -> "Task":
@@ -228,6 +228,16 @@ class Client:
             c.close()
         self._local = threading.local()
 
+    def close_thread(self) -> None:
+        """Closes the calling thread's connection: a thread that is done with the client (a
+        task that stopped) should not keep a socket open for the worker's life."""
+        c = getattr(self._local, "http", None)
+        if c is not None:
+            self._local.http = None
+            with self._opened_lock:
+                self._opened = [o for o in self._opened if o is not c]
+            c.close()
+
     def __enter__(self) -> "Client":
         return self
 
@@ -318,7 +328,18 @@ class Client:
             age_ms = int(r.headers.get("x-frame-age-ms", ""))
         except ValueError:
             age_ms = 1 << 62
-        header = lambda name: int(r.headers.get(name, "0"))  # noqa: E731
+        def header(name):
+            try:
+                return int(r.headers.get(name, "0"))
+            except ValueError:
+                raise HeldarError(f"a frame with a malformed {name} header") from None
+
+        got = r.headers.get("x-frame-format", "jpeg")
+        wanted = {"jpeg": "jpeg", "rgb": "rgb24", "gray": "gray8"}[format]
+        if got != wanted:
+            # A daemon without raw frames ignores format= and sends a JPEG.
+            raise HeldarError(f"asked for {wanted} frames, got {got}: "
+                              "this daemon may not offer raw frames")
         return Frame(
             captured_at=captured,
             age_ms=age_ms,
@@ -423,10 +444,15 @@ def run(
     own_client = client is None
     client = client or Client(api, token, socket=socket)
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
     supervisor = _Supervisor(client, analyze, worker_id, list(task_types), ttl_secs, stop, frames)
+    if threading.current_thread() is threading.main_thread():
+
+        def on_signal(*_):
+            stop.set()
+            supervisor.lease_now.set()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, on_signal)
     try:
         while not stop.is_set():
             supervisor.renew()
@@ -457,8 +483,7 @@ class _Supervisor:
             return
         self.lease_id = lease.lease_id
         wanted = {t.id: t for t in lease.tasks if t.task_type in self.task_types}
-        for task_id in [i for i, (t, _, _) in self.runners.items() if wanted.get(i) != t]:
-            self._stop_runner(task_id)
+        self._stop_runners([i for i, (t, _, _) in self.runners.items() if wanted.get(i) != t])
         for task_id, task in wanted.items():
             if task_id not in self.runners:
                 task_stop = threading.Event()
@@ -470,16 +495,19 @@ class _Supervisor:
                 thread.start()
                 log.info("started task %s at %s fps", task_id, task.fps)
 
-    def _stop_runner(self, task_id: str) -> None:
-        _, task_stop, thread = self.runners.pop(task_id)
-        task_stop.set()
-        thread.join()
-        log.info("stopped task %s", task_id)
+    def _stop_runners(self, task_ids: list) -> None:
+        """Tells every runner to stop, then waits for them: one runner's last post does not
+        hold up the others' stop."""
+        stopping = [(task_id, self.runners.pop(task_id)) for task_id in task_ids]
+        for _, (_, task_stop, _) in stopping:
+            task_stop.set()
+        for task_id, (_, _, thread) in stopping:
+            thread.join()
+            log.info("stopped task %s", task_id)
 
     def shutdown(self) -> None:
         self.stop.set()
-        for task_id in list(self.runners):
-            self._stop_runner(task_id)
+        self._stop_runners(list(self.runners))
         if self.lease_id is not None:
             try:
                 self.client.release(self.lease_id)
@@ -487,6 +515,12 @@ class _Supervisor:
                 log.warning("release failed: %s", e)
 
     def _run_task(self, task: Task, task_stop: threading.Event) -> None:
+        try:
+            self._task_loop(task, task_stop)
+        finally:
+            self.client.close_thread()
+
+    def _task_loop(self, task: Task, task_stop: threading.Event) -> None:
         period = 1.0 / max(task.fps, 0.1)
         # A frame older than this describes a scene that has moved on.
         max_age_ms = max(2000, int(3000 * period))
@@ -501,7 +535,7 @@ class _Supervisor:
                     last_captured = frame.captured_at
                     detections = list(self.analyze(task, frame) or [])
                     if detections:
-                        self.client.post(task, frame, detections, stop=self.stop)
+                        self.client.post(task, frame, detections, stop=task_stop)
             except TicketRefused:
                 log.info("task %s: ticket refused; leasing again", task.id)
                 last_captured = None
