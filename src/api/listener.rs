@@ -31,7 +31,7 @@ use std::convert::Infallible;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -109,11 +109,12 @@ async fn accept_local(socket: Option<&UnixListener>) -> io::Result<UnixStream> {
     }
 }
 
-/// Serves `router` on `listener`, and on `socket` when there is one, until `shutdown`; then lets
-/// open requests finish.
+/// Serves `router` on `listener`, and on `socket` (bound at its path) when there is one, until
+/// `shutdown`; then removes the socket's file at once, so nobody connects to a daemon that is
+/// going, and lets open requests finish.
 pub async fn serve(
     listener: TcpListener,
-    socket: Option<UnixListener>,
+    socket: Option<(UnixListener, PathBuf)>,
     router: Router,
     shutdown: CancellationToken,
 ) {
@@ -128,7 +129,7 @@ pub async fn serve(
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted.map(|(s, peer)| (Either::Left(s), peer)),
-            accepted = accept_local(socket.as_ref()) => accepted.map(|s| (Either::Right(s), LOCAL_PEER)),
+            accepted = accept_local(socket.as_ref().map(|(s, _)| s)) => accepted.map(|s| (Either::Right(s), LOCAL_PEER)),
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
@@ -195,6 +196,9 @@ pub async fn serve(
                 }
             }
         });
+    }
+    if let Some((_, path)) = &socket {
+        let _ = std::fs::remove_file(path);
     }
     connections.close();
     connections.wait().await;

@@ -187,7 +187,11 @@ impl Retention {
             if let Err(e) = self.pass().await {
                 tracing::error!(error = %e, "retention pass failed; trying again later");
             }
-            tokio::time::sleep(MIN_SPACING).await;
+            // The spacing too gives way to a stop: it used to hold every clean stop up by it.
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(MIN_SPACING) => {}
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = self.nudge.notified() => {}

@@ -105,6 +105,11 @@ fn a_file_where_a_socket_should_be_is_refused_and_kept() {
     let mut d = Daemon::start("").ready();
     d.signal(Signal::SIGTERM);
     d.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(
+        !d.api_socket().exists(),
+        "a clean stop removes its API socket:\n{}",
+        d.log()
+    );
     std::fs::write(
         d.api_socket(),
         "not a socket: a mistyped path must cost no file",
