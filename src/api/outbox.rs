@@ -96,6 +96,15 @@ pub(super) async fn events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Json<Vec<Record>>, ApiError> {
     who.require(VIEW)?;
+    // A mistyped kind would otherwise match nothing, and a follower would wait for ever.
+    if let Some(kind) = q.kind.as_deref()
+        && kind.parse::<outbox::Kind>().is_err()
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("kind {kind:?} must be detection, zone, alarm, camera or system"),
+        ));
+    }
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
     let records = state
         .store

@@ -172,8 +172,8 @@ enum EventsCommand {
     Tail {
         #[arg(long)]
         follow: bool,
-        /// detection, zone, alarm, camera or system.
-        #[arg(long)]
+        /// Only records of this kind.
+        #[arg(long, value_parser = ["detection", "zone", "alarm", "camera", "system"])]
         kind: Option<String>,
         /// How many recent records to print first.
         #[arg(short = 'n', long, default_value_t = 20)]

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::geometry::{Point, crossing, point_in_polygon};
-use crate::config::model::{Anchor, LineDirection, ZoneConfig, ZoneKind};
+use crate::config::model::{Anchor, LineDirection, Severity, ZoneConfig, ZoneKind};
 use crate::config::rules::ZoneEventType;
 
 /// Movement below this (fraction of the frame) is standing still.
@@ -99,6 +99,14 @@ pub struct ZoneEvent {
     pub dwell_s: Option<f64>,
     /// Why an exit happened: `left` or `lost`.
     pub reason: Option<String>,
+    /// The zone's `severity`, so a receiver can tell a door's dwell from a driveway's without
+    /// knowing the zones. Records written before it was carried read as `info`.
+    #[serde(default = "info")]
+    pub severity: Severity,
+}
+
+fn info() -> Severity {
+    Severity::Info
 }
 
 /// Per (track, zone) state.
@@ -403,6 +411,7 @@ fn event(
         ts_ms,
         dwell_s: entered_ms.map(|e| (ts_ms - e) as f64 / 1000.0),
         reason: reason.map(str::to_string),
+        severity: zone.settings.severity,
     }
 }
 
@@ -461,6 +470,41 @@ mod tests {
                 (t, x)
             })
             .collect()
+    }
+
+    #[test]
+    fn events_carry_their_zones_severity() {
+        let door = zone(
+            "name = \"door\"\nkind = \"region\"\nseverity = \"critical\"\n\
+             points = [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]",
+        );
+        let mut s = CameraState::default();
+        let events: Vec<ZoneEvent> = (0..20)
+            .flat_map(|i| {
+                s.observe(
+                    std::slice::from_ref(&door),
+                    i * 100,
+                    &[at("t", "1", "person", 0.8, 0.5)],
+                )
+            })
+            .collect();
+        assert_eq!(events[0].kind, "enter");
+        assert_eq!(events[0].severity, Severity::Critical);
+        assert_eq!(
+            right_half().settings.severity,
+            Severity::Info,
+            "the default"
+        );
+        let old: ZoneEvent = serde_json::from_str(
+            r#"{"zone": "door", "camera": "c", "task": "t", "track_id": "1", "label": null,
+                "type": "enter", "ts_ms": 1, "dwell_s": null, "reason": null}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            old.severity,
+            Severity::Info,
+            "a record from before reads as info"
+        );
     }
 
     #[test]

@@ -750,3 +750,27 @@ fn the_page_logs_in_with_a_token_and_shows_the_camera_zones_and_live_events() {
         .expect("the demo stops on Ctrl-C");
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn a_mistyped_event_kind_is_refused_rather_than_followed_for_ever() {
+    let d = Daemon::start("").ready();
+    let http = Http::new(&d);
+    let viewer = token(&d, "viewer");
+    let r = http.get("/api/v1/events?kind=zones", Some(&viewer));
+    assert_eq!(r.status, 400);
+    assert_eq!(
+        r.json()["error"],
+        "kind \"zones\" must be detection, zone, alarm, camera or system"
+    );
+    assert_eq!(
+        http.get("/api/v1/events?kind=zone", Some(&viewer)).status,
+        200
+    );
+    let out = d.cli(&["events", "tail", "--kind", "zones", "--follow"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("possible values: detection, zone, alarm, camera, system"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -179,7 +179,7 @@ fn the_people_worker_finds_people_in_a_pedestrian_video_and_zones_see_them() {
     let config = format!(
         "{}[[tasks]]\ncamera = \"hall\"\ntask_type = \"people\"\nprofile = \"main\"\nfps = 2\nwidth = 1024\n\
          [[zones]]\ncamera = \"hall\"\nname = \"floor\"\nkind = \"region\"\n\
-         points = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]\ndwell_seconds = 2\n",
+         points = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]\ndwell_seconds = 2\nseverity = \"warning\"\n",
         camera_toml("hall", &hall.url("main"), 10)
     );
     let d = Daemon::start(&config).ready();
@@ -254,6 +254,17 @@ fn the_people_worker_finds_people_in_a_pedestrian_video_and_zones_see_them() {
         frames.len()
     );
     assert!(events.iter().all(|(zone, _)| zone == "floor"), "{events:?}");
+    // What a receiver sees of them (the MQTT payload is the same record).
+    let records = http
+        .get("/api/v1/events?kind=zone&limit=50", Some(&viewer))
+        .json();
+    let entered = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "enter")
+        .unwrap_or_else(|| panic!("an enter record: {records}"));
+    assert_eq!(entered["payload"]["severity"], "warning", "{entered}");
 }
 
 /// `(zone, kind)` of every zone event.
