@@ -207,7 +207,7 @@ fn default_labels_per_camera() -> u32 {
     32
 }
 
-pub(crate) fn yes() -> bool {
+fn yes() -> bool {
     true
 }
 

@@ -422,27 +422,20 @@ pub fn detection_gate(
     camera_id: &str,
     task_type: &str,
 ) -> Result<DetectionGate, StoreError> {
-    /// The two switches of a camera's settings, without parsing the rest.
-    #[derive(serde::Deserialize)]
-    struct Switches {
-        #[serde(default = "crate::config::model::yes")]
-        enabled: bool,
-        #[serde(default = "crate::config::model::yes")]
-        detect: bool,
-    }
-    let row: Option<(String, Option<bool>, Option<bool>)> = c
+    // SQLite reads the two switches out of the settings JSON itself: nothing else of them is
+    // parsed on this path, which every batch takes. Missing keys default to on, as in the file.
+    let switches: Option<(bool, bool)> = c
         .prepare_cached(
-            "SELECT settings, enabled_override, detect_override FROM cameras WHERE id = ?1",
+            "SELECT coalesce(enabled_override, json_extract(settings, '$.enabled'), 1),
+                    coalesce(detect_override, json_extract(settings, '$.detect'), 1)
+             FROM cameras WHERE id = ?1",
         )?
-        .query_row([camera_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_row([camera_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some((settings, enabled, detect)) = row else {
+    let Some((enabled, detect)) = switches else {
         return Ok(DetectionGate::NoCamera);
     };
-    let switches: Switches = serde_json::from_str(&settings).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    if !(enabled.unwrap_or(switches.enabled) && detect.unwrap_or(switches.detect)) {
+    if !(enabled && detect) {
         return Ok(DetectionGate::Closed(format!(
             "camera {camera_id:?} has detection switched off"
         )));

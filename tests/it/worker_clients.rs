@@ -20,17 +20,22 @@ use crate::fixtures::{Daemon, Http, camera, camera_toml, token, wait_for};
 fn python_dir() -> PathBuf {
     std::env::var_os("HELDAR_PYTHON_WORKERS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/python-workers"))
+        .unwrap_or_else(|| repo("target/python-workers"))
+}
+
+/// `name` in the Python workers' dir, which tests/python/setup.sh makes.
+fn prepared(name: &str, what: &str) -> PathBuf {
+    let path = python_dir().join(name);
+    assert!(
+        path.exists(),
+        "no {what} at {}: run tests/python/setup.sh (make test does)",
+        path.display()
+    );
+    path
 }
 
 fn python() -> PathBuf {
-    let python = python_dir().join("venv/bin/python");
-    assert!(
-        python.exists(),
-        "no Python worker venv at {}: run tests/python/setup.sh (make test does)",
-        python.display()
-    );
-    python
+    prepared("venv/bin/python", "Python worker venv")
 }
 
 fn repo(path: &str) -> PathBuf {
@@ -155,12 +160,7 @@ fn the_python_client_passes_its_tests_against_a_running_daemon() {
 
 /// The video, at its own size and rate.
 fn pedestrians() -> SyntheticCamera {
-    let video = python_dir().join("vtest.avi");
-    assert!(
-        video.exists(),
-        "no pedestrian video at {}: run tests/python/setup.sh (make test does)",
-        video.display()
-    );
+    let video = prepared("vtest.avi", "pedestrian video");
     let spec = SyntheticSpec {
         width: 768,
         height: 576,
