@@ -73,7 +73,7 @@ fn main() {
     let broker = Broker::start();
     let received = Arc::new(AtomicU64::new(0));
     subscribe(broker.port, received.clone());
-    let daemon = Daemon::start(scratch.path(), &config(&camera.url("main"), broker.port));
+    let daemon = Daemon::start(scratch.path(), &config(&camera, broker.port));
     let api = daemon.http();
     let mut worker = Command::new(env!("CARGO_BIN_EXE_heldar"))
         .args(["worker", "motion", "--poll", "2", "--api", &api])
@@ -103,7 +103,8 @@ fn main() {
     plot(&csv, &out.join("soak.png"));
 }
 
-fn config(url: &str, mqtt_port: u16) -> String {
+fn config(camera: &SyntheticCamera, mqtt_port: u16) -> String {
+    let (url, sub_url) = (camera.url("main"), camera.url("sub"));
     let mut config = format!(
         "[recording]\nmin_free = \"0\"\n[http]\nlisten = \"127.0.0.1:0\"\nauth = false\n\
          [mqtt]\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n"
@@ -114,7 +115,7 @@ fn config(url: &str, mqtt_port: u16) -> String {
     }
     for i in 0..CAMERAS {
         config.push_str(&format!(
-            "[[cameras]]\nid = \"cam{i}\"\nurl = \"{url}\"\n\
+            "[[cameras]]\nid = \"cam{i}\"\nurl = \"{url}\"\nsub_url = \"{sub_url}\"\n\
              [[tasks]]\ncamera = \"cam{i}\"\ntask_type = \"motion\"\nprofile = \"sub\"\nfps = 5\nwidth = 320\n\
              [[zones]]\ncamera = \"cam{i}\"\nname = \"cam{i}_right\"\nkind = \"region\"\n\
              points = [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]\ndwell_seconds = 2\n\

@@ -155,59 +155,10 @@ pub async fn reconcile(
     let mut report = ReconcileReport::default();
 
     for rel in found.files_without_rows {
-        let path = recordings_dir.join(&rel);
-        let probed = blocking({
-            let path = path.clone();
-            move || Ok(probe_segment(&path))
-        })
-        .await?;
-        let camera_id = rel.split('/').next().unwrap_or_default().to_string();
-        match (probed, start_from_name(&rel)) {
-            (Ok(p), Some(start_ms)) if p.playable() => {
-                let bytes = blocking({
-                    let path = path.clone();
-                    move || make_durable(&path)
-                })
-                .await?;
-                let segment = NewSegment {
-                    camera_id,
-                    start_ms,
-                    end_ms: start_ms + p.duration.as_millis() as i64,
-                    path: rel.clone(),
-                    bytes,
-                    codec: p.codec.unwrap_or_else(|| "h264".into()),
-                    width: p.width,
-                    height: p.height,
-                    recovered: true,
-                };
-                store
-                    .write(move |c| {
-                        Ok::<_, StoreError>(index::insert_segment(c, &segment, boot_started_ms)?)
-                    })
-                    .await?;
-                tracing::warn!(path = %rel, frames = p.frames, seconds = p.duration.as_secs_f64(), "indexed a segment left open by an unclean stop");
-                report.indexed.push(rel);
-            }
-            (outcome, _) => {
-                let why = match outcome {
-                    Err(e) => e.to_string(),
-                    Ok(_) => "not playable or unnamed".to_string(),
-                };
-                let moved = blocking({
-                    let (dir, rel) = (recordings_dir.to_path_buf(), rel.clone());
-                    move || Ok(move_aside(&dir, &rel))
-                })
-                .await?;
-                match moved {
-                    Ok(target) => {
-                        tracing::warn!(path = %rel, reason = %why, moved_to = %target.display(), "moved aside an unplayable recording");
-                        report.moved_aside.push(rel);
-                    }
-                    Err(e) => {
-                        tracing::error!(path = %rel, error = %e, "cannot move aside an unplayable recording")
-                    }
-                }
-            }
+        match recover_file(store, recordings_dir, &rel, boot_started_ms).await? {
+            Recovered::Indexed(_) => report.indexed.push(rel),
+            Recovered::MovedAside => report.moved_aside.push(rel),
+            Recovered::Left => {}
         }
     }
 
@@ -245,6 +196,81 @@ pub async fn reconcile(
         report.rows_removed = found.rows_without_files;
     }
     Ok(report)
+}
+
+/// What [`recover_file`] did with a recording file that had no row.
+#[derive(Debug)]
+pub enum Recovered {
+    /// It plays: made durable and indexed, marked `recovered`.
+    Indexed(NewSegment),
+    /// It does not play: moved to `.unplayable/`.
+    MovedAside,
+    /// It does not play and could not be moved (logged); it stays where it is.
+    Left,
+}
+
+/// Indexes one recording file (`rel`, under `recordings_dir`) that its muxer never finalized,
+/// or moves it aside when it does not play. The start-up pass runs it on every file without a
+/// row; a camera's supervisor runs it on the segment its failed stream left open, so the
+/// minutes before an outage are on the timeline at once rather than after the next start.
+pub async fn recover_file(
+    store: &Store,
+    recordings_dir: &Path,
+    rel: &str,
+    boot_started_ms: i64,
+) -> Result<Recovered, ReconcileError> {
+    let path = recordings_dir.join(rel);
+    let probed = blocking({
+        let path = path.clone();
+        move || Ok(probe_segment(&path))
+    })
+    .await?;
+    let camera_id = rel.split('/').next().unwrap_or_default().to_string();
+    let why = match (probed, start_from_name(rel)) {
+        (Ok(p), Some(start_ms)) if p.playable() => {
+            let bytes = blocking({
+                let path = path.clone();
+                move || make_durable(&path)
+            })
+            .await?;
+            let segment = NewSegment {
+                camera_id,
+                start_ms,
+                end_ms: start_ms + p.duration.as_millis() as i64,
+                path: rel.to_string(),
+                bytes,
+                codec: p.codec.unwrap_or_else(|| "h264".into()),
+                width: p.width,
+                height: p.height,
+                recovered: true,
+            };
+            let row = segment.clone();
+            store
+                .write(move |c| {
+                    Ok::<_, StoreError>(index::insert_segment(c, &row, boot_started_ms)?)
+                })
+                .await?;
+            tracing::warn!(path = %rel, frames = p.frames, seconds = p.duration.as_secs_f64(), "indexed a segment its muxer never finalized");
+            return Ok(Recovered::Indexed(segment));
+        }
+        (Err(e), _) => e.to_string(),
+        (Ok(_), _) => "not playable or unnamed".to_string(),
+    };
+    let moved = blocking({
+        let (dir, rel) = (recordings_dir.to_path_buf(), rel.to_string());
+        move || Ok(move_aside(&dir, &rel))
+    })
+    .await?;
+    match moved {
+        Ok(target) => {
+            tracing::warn!(path = %rel, reason = %why, moved_to = %target.display(), "moved aside an unplayable recording");
+            Ok(Recovered::MovedAside)
+        }
+        Err(e) => {
+            tracing::error!(path = %rel, error = %e, "cannot move aside an unplayable recording");
+            Ok(Recovered::Left)
+        }
+    }
 }
 
 /// Runs file work off the async threads.

@@ -3,7 +3,8 @@
 //!
 //! Failure policy:
 //! - An error on the bus, an end of stream, or no buffer for `max(10 s, 3 × GOP)` (a stalled
-//!   stream) ends the run: the open segment is finalized and indexed, the state becomes
+//!   stream) ends the run: the open segment is indexed as it stands (probed, made durable and
+//!   marked `recovered`, since a failed pipeline cannot finalize it), the state becomes
 //!   `offline` with the masked reason, and the pipeline is rebuilt after a backoff.
 //! - The backoff grows 1 s → 30 s with ±20 % jitter and resets after 30 s of healthy recording. While
 //!   waiting, the camera's TCP port is probed once a second; when a refused port starts accepting,
@@ -28,7 +29,7 @@ use super::index::{self, NewSegment};
 use super::pipeline::TapSlot;
 use super::pipeline::{PipelineEvent, RecordSpec, StreamPipeline, StreamSpec};
 use super::recdir::{create_dirs_durably, sync_segment};
-use super::reconcile::start_from_name;
+use super::reconcile::{Recovered, recover_file, start_from_name};
 use crate::config::model::StreamProfile;
 use crate::config::secret::redact_url;
 use crate::metrics::INSTRUMENTS;
@@ -229,7 +230,7 @@ async fn run_once(ctx: &MediaContext, plan: &StreamPlan, stop: &CancellationToke
     // On a stop, finalize the open segment: EOS into both branches, then wait for the muxer to
     // close the file (a detect-only stream has nothing to finalize). A failed camera's pipeline
     // cannot be trusted to pass an EOS on, and waiting for it held its reconnect back; what it
-    // left open, the start-up reconcile indexes.
+    // left open is recovered below, as the start-up reconcile would.
     if matches!(end, RunEnd::Stopped) && stream.finish() {
         let deadline = tokio::time::sleep(FINALIZE_TIMEOUT);
         tokio::pin!(deadline);
@@ -268,16 +269,46 @@ async fn run_once(ctx: &MediaContext, plan: &StreamPlan, stop: &CancellationToke
     }
     ctx.lock_live().remove(id);
     drop(stream);
-    // A fragment opened by a stream that died before sending data is an empty file: remove it.
-    // Anything else left open is indexed by the start-up reconcile.
+    // What the muxer left open: a failed stream's segment, or one a stop could not finalize in
+    // time. The pipeline is gone, so the file is complete as it stands: index it now if it
+    // plays (the next start's reconcile would, but the timeline would miss it until then).
     for path in open.keys() {
-        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
-            let _ = std::fs::remove_file(path);
-        } else {
-            tracing::warn!(camera = %id, path = %path.display(), "segment not finalized in time; start-up reconcile will index it");
-        }
+        recover_left_open(ctx, id, path).await;
     }
     end
+}
+
+/// Indexes (or moves aside) one fragment the muxer never finalized; an empty one, from a stream
+/// that died before sending data, is removed.
+async fn recover_left_open(ctx: &MediaContext, id: &str, path: &Path) {
+    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+        let _ = std::fs::remove_file(path);
+        return;
+    }
+    let Ok(relative) = path.strip_prefix(&ctx.recordings_dir) else {
+        tracing::error!(camera = %id, path = %path.display(), "segment outside the recordings directory; not indexed");
+        return;
+    };
+    let relative = relative.to_string_lossy();
+    match recover_file(
+        &ctx.store,
+        &ctx.recordings_dir,
+        &relative,
+        ctx.boot_started_ms,
+    )
+    .await
+    {
+        Ok(Recovered::Indexed(segment)) => {
+            INSTRUMENTS.disk_written("segments", segment.bytes);
+            let at = chrono::DateTime::from_timestamp_millis(segment.end_ms);
+            ctx.health.record(id, |h| h.last_segment_at = at).await;
+            ctx.retention.nudge();
+        }
+        Ok(Recovered::MovedAside | Recovered::Left) => {}
+        Err(e) => {
+            tracing::error!(camera = %id, path = %path.display(), error = %e, "cannot index a segment left open; start-up reconcile will look at it again")
+        }
+    }
 }
 
 /// Whether a closed fragment has frames a player can show.

@@ -93,6 +93,48 @@ fn a_clean_stop_indexes_the_segment_it_was_writing() {
     }
 }
 
+/// A camera that falls silent mid-segment (a pulled cable: no end of stream, no error) fails
+/// as a stalled stream, and the muxer never finalizes the file it was writing. That file plays
+/// and is indexed (marked recovered) while the daemon runs, so the timeline has the seconds
+/// before the outage at once, not after the next start's reconcile.
+#[test]
+fn a_silent_camera_has_the_segment_it_was_writing_indexed_at_once() {
+    let cam = camera();
+    let relay = SilentRelay::start(cam.port());
+    let d = Daemon::start(&camera_toml("gate", &relay.url("main"), 60)).ready();
+    wait_state(&d, "gate", "recording", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        segments(&d, "gate").is_empty(),
+        "a 60 s segment is still open"
+    );
+    relay.fall_silent();
+    wait_state(&d, "gate", "offline", Duration::from_secs(20));
+    let rows = wait_for(Duration::from_secs(5), || {
+        Some(segments(&d, "gate")).filter(|r| !r.is_empty())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no segment indexed after the stall; files: {:?}\nlog:\n{}",
+            walk(&recordings(&d)),
+            d.log()
+        )
+    });
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let seconds = (rows[0].end_ms - rows[0].start_ms) as f64 / 1000.0;
+    assert!(
+        (3.0..=8.0).contains(&seconds),
+        "the segment holds the ~5 s before the stall: {seconds} s"
+    );
+    assert!(rows[0].recovered, "{rows:?}");
+    let file = recordings(&d).join(&rows[0].path);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().len() as i64,
+        rows[0].bytes
+    );
+    assert!(discover(&file).is_ok(), "the indexed file plays");
+}
+
 #[test]
 fn camera_outage_is_one_gap_and_recording_resumes_quickly() {
     let mut cam = camera();
