@@ -159,6 +159,12 @@ pub struct StoreStatus {
     pub last_fault: Option<fault::Fault>,
 }
 
+/// Page size of a new database. Every page a commit touches is appended whole to the WAL, and a
+/// detection batch touches about a dozen pages (rows, indexes, counters), most holding a few
+/// dozen new bytes: 1 KiB pages halve what the WAL writes to the flash against SQLite's 4 KiB
+/// default (the soak's figures are in the README), for slightly deeper B-trees.
+const PAGE_SIZE: u32 = 1024;
+
 /// The database file inside a data directory.
 pub fn db_path(data_dir: &Path) -> PathBuf {
     data_dir.join("heldar.db")
@@ -175,6 +181,8 @@ impl Store {
         }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Only a database without tables takes it; an existing one keeps its page size.
+        conn.execute_batch(&format!("PRAGMA page_size={PAGE_SIZE}"))?;
         // Before any pragma: switching to WAL rewrites the header of a database we must refuse.
         migrate::refuse_newer(&conn, path)?;
         apply_write_pragmas(&conn, path)?;

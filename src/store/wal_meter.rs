@@ -3,7 +3,7 @@
 //!
 //! SQLite's own auto-checkpoint runs from the same WAL hook this module installs, so the module
 //! takes its place: after every commit it counts the frames the commit appended (a page plus its
-//! 24-byte header each), and once the WAL holds [`CHECKPOINT_FRAMES`] it runs a passive
+//! 24-byte header each), and once the WAL holds [`CHECKPOINT_WAL_BYTES`] of pages it runs a passive
 //! checkpoint. A checkpoint writes each distinct page once, however many frames hold it, and
 //! SQLite reports only frames, so the bytes it wrote are read from the kernel's count for the
 //! writer thread (`/proc/thread-self/io`) around the call. These are the bytes handed to the
@@ -18,10 +18,11 @@ use rusqlite::wal::CheckpointMode;
 
 use crate::metrics::{INSTRUMENTS, kernel_write_bytes};
 
-/// WAL frames that trigger a checkpoint: 4 000 frames is 16 MiB at 4 KiB pages. SQLite's default
-/// (1 000) rewrites the hot pages of the outbox and detection indexes into the database file four
-/// times as often; the WAL stays well under `journal_size_limit` (64 MiB) either way.
-pub const CHECKPOINT_FRAMES: u64 = 4000;
+/// Pages in the WAL (16 MiB of them) that trigger a checkpoint: 4 000 frames at 4 KiB pages,
+/// 16 000 at the 1 KiB of a new database. SQLite's default (1 000 frames) rewrites the hot pages
+/// of the outbox and detection indexes into the database file many times as often; the WAL stays
+/// well under `journal_size_limit` (64 MiB) either way.
+const CHECKPOINT_WAL_BYTES: u64 = 16 << 20;
 
 /// Bytes of one WAL frame header.
 const FRAME_HEADER: u64 = 24;
@@ -67,7 +68,7 @@ impl WalMeter {
         };
         p.frames = frames;
         INSTRUMENTS.disk_written("wal", appended * (p.page_size + FRAME_HEADER));
-        if frames >= CHECKPOINT_FRAMES {
+        if frames * p.page_size >= CHECKPOINT_WAL_BYTES {
             let before = thread_write_bytes();
             match wal.checkpoint_v2(CheckpointMode::PASSIVE) {
                 Ok((_, copied)) => p.copied(copied, before),
