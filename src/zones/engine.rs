@@ -201,6 +201,13 @@ impl CameraState {
                     *state = InZone::default();
                     continue;
                 }
+                if !state.inside && now_ms >= lost_at {
+                    // Lost before its entry was confirmed: it never entered, and keeping the
+                    // pending entry would keep the track (and the state rewritten with every
+                    // batch) for ever.
+                    *state = InZone::default();
+                    continue;
+                }
                 if let (true, false, Some(entered), Some(dwell)) = (
                     state.inside,
                     state.dwell_fired,
@@ -587,6 +594,24 @@ mod tests {
             ("exit", Some("lost"), 10_600)
         );
         assert_eq!(lost[0].camera, "c");
+    }
+
+    /// Seen once inside a zone, for less than `confirm`, and never again: forgotten like any
+    /// lost track. It was kept with its entry pending for ever, so on a busy camera the state
+    /// grew by every such track and every batch rewrote it (36 KB per camera after 5 minutes of
+    /// the soak, most of the WAL's writes).
+    #[test]
+    fn a_track_lost_before_its_entry_confirmed_is_forgotten() {
+        let z = right_half();
+        let mut s = CameraState::default();
+        s.observe(
+            std::slice::from_ref(&z),
+            0,
+            &[at("t", "1", "person", 0.7, 0.5)],
+        );
+        assert_eq!(s.tracks.len(), 1);
+        assert!(s.advance(std::slice::from_ref(&z), 120_000).is_empty());
+        assert!(s.tracks.is_empty(), "{:?}", s.tracks);
     }
 
     #[test]
