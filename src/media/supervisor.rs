@@ -281,9 +281,15 @@ async fn run_once(ctx: &MediaContext, plan: &StreamPlan, stop: &CancellationToke
 /// Indexes (or moves aside) one fragment the muxer never finalized; an empty one, from a stream
 /// that died before sending data, is removed.
 async fn recover_left_open(ctx: &MediaContext, id: &str, path: &Path) {
-    if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
-        let _ = std::fs::remove_file(path);
-        return;
+    match std::fs::metadata(path) {
+        // Gone, with the disk that held it perhaps: nothing to move aside here, and the next
+        // start's reconcile (behind its marker check) decides about the row.
+        Err(_) => return,
+        Ok(m) if m.len() == 0 => {
+            let _ = std::fs::remove_file(path);
+            return;
+        }
+        Ok(_) => {}
     }
     let Ok(relative) = path.strip_prefix(&ctx.recordings_dir) else {
         tracing::error!(camera = %id, path = %path.display(), "segment outside the recordings directory; not indexed");
