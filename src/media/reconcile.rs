@@ -156,7 +156,7 @@ pub async fn reconcile(
 
     for rel in found.files_without_rows {
         match recover_file(store, recordings_dir, &rel, boot_started_ms).await? {
-            Recovered::Indexed(_) => report.indexed.push(rel),
+            Recovered::Indexed { .. } => report.indexed.push(rel),
             Recovered::MovedAside => report.moved_aside.push(rel),
             Recovered::Left => {}
         }
@@ -201,8 +201,8 @@ pub async fn reconcile(
 /// What [`recover_file`] did with a recording file that had no row.
 #[derive(Debug)]
 pub enum Recovered {
-    /// It plays: made durable and indexed, marked `recovered`.
-    Indexed(NewSegment),
+    /// It plays: made durable and indexed, marked `recovered`; where it ends and its size.
+    Indexed { end_ms: i64, bytes: u64 },
     /// It does not play: moved to `.unplayable/`.
     MovedAside,
     /// It does not play and could not be moved (logged); it stays where it is.
@@ -233,10 +233,11 @@ pub async fn recover_file(
                 move || make_durable(&path)
             })
             .await?;
+            let end_ms = start_ms + p.duration.as_millis() as i64;
             let segment = NewSegment {
                 camera_id,
                 start_ms,
-                end_ms: start_ms + p.duration.as_millis() as i64,
+                end_ms,
                 path: rel.to_string(),
                 bytes,
                 codec: p.codec.unwrap_or_else(|| "h264".into()),
@@ -244,14 +245,13 @@ pub async fn recover_file(
                 height: p.height,
                 recovered: true,
             };
-            let row = segment.clone();
             store
                 .write(move |c| {
-                    Ok::<_, StoreError>(index::insert_segment(c, &row, boot_started_ms)?)
+                    Ok::<_, StoreError>(index::insert_segment(c, &segment, boot_started_ms)?)
                 })
                 .await?;
             tracing::warn!(path = %rel, frames = p.frames, seconds = p.duration.as_secs_f64(), "indexed a segment its muxer never finalized");
-            return Ok(Recovered::Indexed(segment));
+            return Ok(Recovered::Indexed { end_ms, bytes });
         }
         (Err(e), _) => e.to_string(),
         (Ok(_), _) => "not playable or unnamed".to_string(),

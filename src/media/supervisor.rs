@@ -304,11 +304,9 @@ async fn recover_left_open(ctx: &MediaContext, id: &str, path: &Path) {
     )
     .await
     {
-        Ok(Recovered::Indexed(segment)) => {
-            INSTRUMENTS.disk_written("segments", segment.bytes);
-            let at = chrono::DateTime::from_timestamp_millis(segment.end_ms);
-            ctx.health.record(id, |h| h.last_segment_at = at).await;
-            ctx.retention.nudge();
+        Ok(Recovered::Indexed { end_ms, bytes }) => {
+            INSTRUMENTS.disk_written("segments", bytes);
+            segment_indexed(ctx, id, end_ms).await;
         }
         Ok(Recovered::MovedAside | Recovered::Left) => {}
         Err(e) => {
@@ -425,14 +423,20 @@ async fn close_fragment(
             if let Some(g) = gap {
                 tracing::warn!(camera = %id, seconds = (g.end_ms - g.start_ms) / 1000, reason = %g.reason, "recording gap");
             }
-            let at = chrono::DateTime::from_timestamp_millis(end_ms);
-            ctx.health.record(id, |h| h.last_segment_at = at).await;
-            ctx.retention.nudge();
+            segment_indexed(ctx, id, end_ms).await;
         }
         Err(e) => {
             tracing::error!(camera = %id, path = %path.display(), error = %e, "cannot index a segment")
         }
     }
+}
+
+/// What follows a segment's row, however it was indexed: the camera's health shows it, and
+/// retention counts it against the disk.
+async fn segment_indexed(ctx: &MediaContext, id: &str, end_ms: i64) {
+    let at = chrono::DateTime::from_timestamp_millis(end_ms);
+    ctx.health.record(id, |h| h.last_segment_at = at).await;
+    ctx.retention.nudge();
 }
 
 /// `host:port` of an RTSP URL, for the reachability probe.
