@@ -12,6 +12,7 @@
 //! signal exits at once. A service that ends on its own before shutdown is a fault: it is logged
 //! by name, everything else is stopped, and the exit code is 1 so systemd restarts the daemon.
 
+pub mod allocator;
 pub mod logging;
 mod notify;
 
