@@ -76,7 +76,11 @@ impl Uplink {
         let (host, port) = options.broker_address();
         let status = Arc::new(Mutex::new(UplinkStatus {
             state: "connecting".into(),
-            broker: format!("{host}:{port}"),
+            broker: if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            },
             client_id: options.client_id(),
             tls: config.url.starts_with("mqtts://"),
             ..UplinkStatus::default()
