@@ -9,7 +9,8 @@
 //!
 //! Run: `cargo bench --bench soak` (HELDAR_SOAK_MINUTES, default 30; HELDAR_SOAK_OUT, the
 //! directory for `soak.csv` and `soak.png`, default `target/soak`; HELDAR_SOAK_CONFIG, TOML
-//! appended to the daemon's config, such as `[database] commit_linger = "100ms"`).
+//! appended to the daemon's config, such as `$'[database]\ncommit_linger = "100ms"'` in bash: a
+//! table header ends its line).
 
 mod common;
 

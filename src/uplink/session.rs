@@ -179,13 +179,13 @@ fn host_port(authority: &str, default_port: u16) -> anyhow::Result<(&str, u16)> 
             let (host, after) = bracketed
                 .split_once(']')
                 .ok_or_else(|| anyhow::anyhow!("mqtt.url: {authority:?} has no closing ']'"))?;
-            match after {
-                "" => (host, None),
-                _ => match after.strip_prefix(':') {
-                    Some(port) => (host, Some(port)),
-                    None => anyhow::bail!("mqtt.url: {after:?} after an IPv6 address is not :port"),
-                },
-            }
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(|| {
+                    anyhow::anyhow!("mqtt.url: {after:?} after an IPv6 address is not :port")
+                })?),
+            };
+            (host, port)
         }
         None if authority.matches(':').count() > 1 => {
             anyhow::bail!(
