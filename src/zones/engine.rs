@@ -7,7 +7,10 @@
 //! - `dwell` fires once per visit at `entered + dwell_seconds`, from a clock tick when no batch
 //!   comes;
 //! - a track not seen for `lost_after` leaves every zone it was in (`exit`, reason `lost`), on its
-//!   own camera;
+//!   own camera, and is forgotten (outside every zone, once the camera's longest `lost_after`
+//!   has passed);
+//! - a batch older than a track's last sighting is too late for that track and is skipped, so
+//!   batches stored out of order never walk a track back;
 //! - a line is crossed when the segment between a track's consecutive points properly crosses it
 //!   (`cross_ab` / `cross_ba` by the side it ends on);
 //! - a track whose anchor stays within [`STATIC_EPSILON`] for the zone's `static_after` is static:
@@ -235,14 +238,16 @@ impl CameraState {
             }
             track.zones.retain(|_, z| *z != InZone::default());
         }
-        // A track outside every zone and unseen for longer than any zone waits is forgotten.
+        // A track outside every zone and unseen for longer than any zone waits is lost like a
+        // track inside one: forgotten, so the state (rewritten with every batch) holds only the
+        // tracks that can still matter.
         let longest = zones
             .iter()
             .map(|z| Zone::ms(z.settings.lost_after))
             .max()
             .unwrap_or(0);
         self.tracks
-            .retain(|_, t| !t.zones.is_empty() || now_ms - t.last_seen_ms < longest.max(60_000));
+            .retain(|_, t| !t.zones.is_empty() || now_ms - t.last_seen_ms < longest);
         events.sort_by_key(|e| e.ts_ms);
         events
     }
@@ -256,6 +261,15 @@ impl CameraState {
     ) -> Vec<ZoneEvent> {
         let mut events = self.advance(zones, ts_ms);
         for o in observations {
+            // A batch that arrives after a newer one of the same track (a worker with posts in
+            // flight, a retry) would move it back and cross its lines twice; it is too late.
+            if self
+                .tracks
+                .get(&o.track)
+                .is_some_and(|t| t.last_seen_ms > ts_ms)
+            {
+                continue;
+            }
             let track = self.tracks.entry(o.track.clone()).or_insert_with(|| Track {
                 label: o.label.clone(),
                 last_seen_ms: ts_ms,
@@ -612,6 +626,24 @@ mod tests {
         assert_eq!(s.tracks.len(), 1);
         assert!(s.advance(std::slice::from_ref(&z), 120_000).is_empty());
         assert!(s.tracks.is_empty(), "{:?}", s.tracks);
+    }
+
+    /// Posts in flight can be stored out of order; the late one must not walk the track back
+    /// over the line it has just crossed.
+    #[test]
+    fn a_late_batch_does_not_move_a_track_back() {
+        let line = zone(
+            "name = \"gate\"\nkind = \"line\"\npoints = [[0.5, 0.0], [0.5, 1.0]]\nconfirm = \"0s\"",
+        );
+        let zones = std::slice::from_ref(&line);
+        let mut s = CameraState::default();
+        let mut kinds = Vec::new();
+        for (ms, x) in [(0, 0.3), (400, 0.7), (200, 0.4), (600, 0.8)] {
+            for e in s.observe(zones, ms, &[at("t", "1", "person", x, 0.5)]) {
+                kinds.push(format!("{}@{}", e.kind, e.ts_ms));
+            }
+        }
+        assert_eq!(kinds, ["cross_ba@400"]);
     }
 
     #[test]
