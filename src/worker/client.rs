@@ -3,7 +3,8 @@
 //! It holds the rules a worker must get right so that each worker does not learn them the hard
 //! way: renew the lease and follow the task set it returns, skip a frame already analysed or too
 //! old to matter, post with the frame's ticket and an idempotent frame id, repeat a 5xx with the
-//! same body, and re-lease at once when a ticket is refused. [`run`] is that loop; a worker
+//! same body, re-lease at once when a ticket is refused, and keep a few posts in flight so the
+//! next frame is analysed while the last one is made durable. [`run`] is that loop; a worker
 //! supplies only the analysis, as a closure per task:
 //!
 //! ```no_run
@@ -451,6 +452,11 @@ pub struct RunOptions {
     pub ttl_secs: u32,
     /// What the analysis gets.
     pub format: FrameFormat,
+    /// Posts of one task waiting for their answer at once. The daemon answers a post only once
+    /// it is durable, after its commit linger (`database.commit_linger`) on a box tuned for
+    /// flash; a task that waited for each answer would analyse one frame per linger. At least
+    /// the task's fps times the linger, plus one, keeps the task at its fps.
+    pub posts_in_flight: usize,
 }
 
 impl RunOptions {
@@ -462,6 +468,7 @@ impl RunOptions {
             renew_every: Duration::from_secs(5),
             ttl_secs: 60,
             format: FrameFormat::Jpeg,
+            posts_in_flight: 8,
         }
     }
 }
@@ -473,7 +480,8 @@ struct Runner {
 }
 
 /// Leases, and runs `analyzer_for(task)` on each leased task's frames in a thread of its own,
-/// until `stop` is set; then releases the lease. A task whose lease answer changes is restarted
+/// with up to [`RunOptions::posts_in_flight`] of its posts waiting for their answers, until
+/// `stop` is set; then releases the lease. A task whose lease answer changes is restarted
 /// with a fresh analyzer; one that disappears is stopped. Only non-empty results are posted:
 /// zones end a track that stops being reported on their own timeout.
 pub fn run<F, A>(
@@ -521,9 +529,11 @@ where
                         runner_stop.clone(),
                         release_now.clone(),
                     );
-                    let format = options.format;
+                    let (format, in_flight) = (options.format, options.posts_in_flight);
                     let thread = std::thread::spawn(move || {
-                        run_task(&c, &t, format, analyze, &s, stop, &r);
+                        let posters = Posters::start(&c, &t, in_flight, &s, &r);
+                        run_task(&c, &t, format, analyze, &s, stop, &posters);
+                        posters.finish();
                     });
                     tracing::info!(task = %id, fps = task.fps, "started task");
                     runners.insert(
@@ -570,7 +580,7 @@ fn stop_all(runners: Vec<(String, Runner)>) {
     }
 }
 
-/// One task's loop at its fps: frame, analysis, post.
+/// One task's loop at its fps: frame, analysis, handing the batch to the posters.
 fn run_task(
     client: &Client,
     task: &Task,
@@ -578,7 +588,7 @@ fn run_task(
     mut analyze: impl FnMut(&Frame) -> Vec<Detection>,
     task_stop: &AtomicBool,
     stop: &AtomicBool,
-    release_now: &AtomicBool,
+    posters: &Posters,
 ) {
     let period = Duration::from_secs_f64(1.0 / task.fps.max(0.1));
     // A frame older than this describes a scene that has moved on.
@@ -587,15 +597,15 @@ fn run_task(
     let mut last_error = String::new();
     while !task_stop.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
         let started = Instant::now();
+        if posters.ticket_refused.swap(false, Ordering::SeqCst) {
+            // The next frame is fetched with the new lease's ticket, even if it is the same one.
+            last_captured.clear();
+        }
         match client.frame(task, format) {
             Ok(Some(frame)) if frame.captured_at != last_captured && frame.age_ms <= max_age_ms => {
                 last_captured = frame.captured_at.clone();
-                if analyse_and_post(client, task, &frame, &mut analyze, task_stop)
-                    == Some(Posted::TicketRefused)
-                {
-                    tracing::info!(task = %task.id, "ticket refused; re-leasing");
-                    last_captured.clear();
-                    release_now.store(true, Ordering::SeqCst);
+                if let Some(batch) = analyse(task, &frame, &mut analyze) {
+                    posters.post(batch);
                 }
             }
             Ok(_) => last_error.clear(),
@@ -613,31 +623,105 @@ fn run_task(
     }
 }
 
-/// One frame's analysis and post; `None` when nothing was posted. A panicking analysis loses
-/// the frame, not the task: the next frame gets its chance.
-fn analyse_and_post(
-    client: &Client,
+/// One frame's analysis; `None` when there is nothing to post. A panicking analysis loses the
+/// frame, not the task: the next frame gets its chance.
+fn analyse(
     task: &Task,
     frame: &Frame,
     analyze: &mut impl FnMut(&Frame) -> Vec<Detection>,
-    task_stop: &AtomicBool,
-) -> Option<Posted> {
+) -> Option<Batch> {
     let analysed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| analyze(frame)));
-    let detections = match analysed {
-        Ok(d) if d.is_empty() => return None,
-        Ok(d) => d,
+    match analysed {
+        Ok(d) if d.is_empty() => None,
+        Ok(d) => Some(Batch::of(task, frame, d)),
         Err(_) => {
             tracing::error!(task = %task.id, frame = %frame.captured_at, "the analysis panicked");
-            return None;
+            None
         }
-    };
-    let posted = client.post(&Batch::of(task, frame, detections), task_stop);
-    match &posted {
-        Posted::Refused { status, error } => {
-            tracing::warn!(task = %task.id, status, %error, "batch refused");
-        }
-        Posted::GaveUp => tracing::warn!(task = %task.id, "batch dropped after retries"),
-        Posted::TicketRefused | Posted::Stored { .. } => {}
     }
-    Some(posted)
+}
+
+/// A task's posting threads, so the task goes on analysing while its posts wait to be
+/// durable. Posts leave in frame order but may be stored out of it; the daemon's zones skip a
+/// track's late sightings.
+struct Posters {
+    /// Empty once finishing: the threads then see the end of the queue.
+    queue: Option<std::sync::mpsc::SyncSender<Batch>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Set when the daemon refused a batch's ticket, so the task fetches its frame again.
+    ticket_refused: Arc<AtomicBool>,
+}
+
+impl Posters {
+    /// `count` threads for `task`. A post being retried gives up once `task_stop` is set; a
+    /// refused ticket sets `release_now`, so the lease is renewed at once.
+    fn start(
+        client: &Client,
+        task: &Task,
+        count: usize,
+        task_stop: &Arc<AtomicBool>,
+        release_now: &Arc<AtomicBool>,
+    ) -> Posters {
+        // No buffer: a batch waits in its task, where frames are skipped while it waits, not in
+        // a queue that grows older.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(0);
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        let ticket_refused = Arc::new(AtomicBool::new(false));
+        let threads = (0..count.max(1))
+            .map(|_| {
+                let (client, rx, task_id) = (client.clone(), rx.clone(), task.id.clone());
+                let (stop, refused, release_now) = (
+                    task_stop.clone(),
+                    ticket_refused.clone(),
+                    release_now.clone(),
+                );
+                std::thread::spawn(move || {
+                    loop {
+                        // Its own statement, so the lock is held while waiting for the next batch
+                        // and not while posting it (a `while let` would hold it for the body).
+                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(batch) = next else { break };
+                        match client.post(&batch, &stop) {
+                            Posted::TicketRefused => {
+                                tracing::info!(task = %task_id, "ticket refused; re-leasing");
+                                refused.store(true, Ordering::SeqCst);
+                                release_now.store(true, Ordering::SeqCst);
+                            }
+                            Posted::Refused { status, error } => {
+                                tracing::warn!(task = %task_id, status, %error, "batch refused");
+                            }
+                            Posted::GaveUp => {
+                                tracing::warn!(task = %task_id, "batch dropped after retries")
+                            }
+                            Posted::Stored { .. } => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        Posters {
+            queue: Some(tx),
+            threads,
+            ticket_refused,
+        }
+    }
+
+    /// Hands `batch` to an idle poster, waiting while every one is busy: the task's frames are
+    /// then skipped, as they would be behind a slow daemon.
+    fn post(&self, batch: Batch) {
+        if let Some(queue) = &self.queue {
+            // Fails only if every poster thread died, which only a panic does.
+            let _ = queue.send(batch);
+        }
+    }
+
+    /// Waits for the posts in flight.
+    fn finish(mut self) {
+        self.queue = None;
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a poster thread panicked");
+            }
+        }
+    }
 }

@@ -448,6 +448,41 @@ fn ball_to_sampler_to_motion_worker_to_detections() {
     );
 }
 
+/// A box tuned for flash answers each post only after its commit linger (up to a second). The
+/// reference worker keeps posts in flight, so a 5 fps task still has most frames stored; when it
+/// waited for each answer, at most one frame a second was, and the rest were skipped.
+#[test]
+fn a_commit_linger_does_not_throttle_the_reference_worker() {
+    let gate = camera();
+    let config = format!(
+        "[database]\ncommit_linger = \"1s\"\n{}[[tasks]]\ncamera = \"gate\"\ntask_type = \"motion\"\nprofile = \"main\"\nfps = 5\nwidth = 320\n",
+        camera_toml("gate", &gate.url("main"), 10)
+    );
+    let d = Daemon::start(&config).ready();
+    let http = Http::new(&d);
+    let mut worker = motion_worker(&http, &token(&d, "worker"));
+    let stored = wait_for(Duration::from_secs(60), || {
+        (batches(&d) >= 30).then_some(())
+    });
+    let _ = worker.kill();
+    let _ = worker.wait();
+    assert!(stored.is_some(), "30 batches stored: {}", batches(&d));
+    let c = rusqlite::Connection::open(d.dir.path().join("data/heldar.db")).unwrap();
+    let (first, thirtieth): (i64, i64) = c
+        .query_row(
+            "SELECT MIN(ts_ms), MAX(ts_ms) FROM (SELECT ts_ms FROM detection_batches ORDER BY ts_ms LIMIT 30)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // In capture time: 30 frames at 5 fps span 6 s; one frame per answer spans about 28 s.
+    assert!(
+        thirtieth - first < 15_000,
+        "30 stored frames span {} ms of capture time",
+        thirtieth - first
+    );
+}
+
 #[test]
 fn a_ticketless_batch_is_refused_where_detection_is_switched_off() {
     // No camera needs to stream: ingest is what is under test.
