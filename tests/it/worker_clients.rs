@@ -155,7 +155,7 @@ fn the_python_client_passes_its_tests_against_a_running_daemon() {
         out.status.success(),
         "python client tests failed:\n{report}"
     );
-    assert!(report.contains("Ran 9 tests"), "{report}");
+    assert!(report.contains("Ran 10 tests"), "{report}");
 }
 
 /// The video, at its own size and rate.

@@ -3,8 +3,9 @@
 Everything here is one request to the daemon (``Client``) or the loop every worker needs around
 those requests (``run``). The rules the loop keeps are the contract's: renew the lease and follow
 the task set it returns, skip a frame already analysed or too old, post with the frame's ticket
-and an idempotent frame id, repeat a 5xx with the same body, and lease again at once when a
-ticket is refused.
+and an idempotent frame id, repeat a 5xx with the same body, lease again at once when a ticket
+is refused, and keep a few posts in flight so the next frame is analysed while the last one is
+made durable.
 
 Frames come as JPEG, or raw (``rgb`` or ``gray``) for workers on the box: raw pixels skip the
 JPEG encode in the daemon and the decode in the worker, and cost least over the API's Unix socket
@@ -429,6 +430,7 @@ def run(
     client: Optional[Client] = None,
     frames: str = "jpeg",
     socket: Optional[str] = None,
+    posts_in_flight: int = 8,
 ) -> None:
     """Leases, and calls ``analyze(task, frame)`` on each leased task's new frames at the
     task's fps, one thread per task, until ``stop`` is set (or SIGTERM/SIGINT when called from
@@ -438,13 +440,20 @@ def run(
     ``analyze`` returns the detections to post; nothing is posted for an empty result (zones
     end a track that stops being reported on their own timeout). Calls for one task come from
     that task's thread, one at a time, so per-task state keyed by ``task.id`` needs no lock.
+
+    Up to ``posts_in_flight`` of a task's posts wait for their answers at once. The daemon
+    answers a post once it is durable, after its ``database.commit_linger`` on a box tuned for
+    flash; a task that waited for each answer would analyse one frame per linger. At least the
+    task's fps times the linger, plus one, keeps a task at its fps.
     """
     if frames not in FORMATS:
         raise ValueError(f"frames {frames!r} must be one of {', '.join(FORMATS)}")
     own_client = client is None
     client = client or Client(api, token, socket=socket)
     stop = stop or threading.Event()
-    supervisor = _Supervisor(client, analyze, worker_id, list(task_types), ttl_secs, stop, frames)
+    supervisor = _Supervisor(
+        client, analyze, worker_id, list(task_types), ttl_secs, stop, frames, posts_in_flight
+    )
     if threading.current_thread() is threading.main_thread():
 
         def on_signal(*_):
@@ -467,8 +476,11 @@ def run(
 class _Supervisor:
     """Holds the lease and one runner thread per leased task."""
 
-    def __init__(self, client, analyze, worker_id, task_types, ttl_secs, stop, frames):
+    def __init__(
+        self, client, analyze, worker_id, task_types, ttl_secs, stop, frames, posts_in_flight
+    ):
         self.client, self.analyze, self.frames = client, analyze, frames
+        self.posts_in_flight = posts_in_flight
         self.worker_id, self.task_types, self.ttl_secs = worker_id, task_types, ttl_secs
         self.stop = stop
         self.lease_now = threading.Event()
@@ -515,12 +527,14 @@ class _Supervisor:
                 log.warning("release failed: %s", e)
 
     def _run_task(self, task: Task, task_stop: threading.Event) -> None:
+        posters = _Posters(self.client, task, self.posts_in_flight, task_stop, self.lease_now)
         try:
-            self._task_loop(task, task_stop)
+            self._task_loop(task, task_stop, posters)
         finally:
+            posters.finish()
             self.client.close_thread()
 
-    def _task_loop(self, task: Task, task_stop: threading.Event) -> None:
+    def _task_loop(self, task: Task, task_stop: threading.Event, posters: "_Posters") -> None:
         period = 1.0 / max(task.fps, 0.1)
         # A frame older than this describes a scene that has moved on.
         max_age_ms = max(2000, int(3000 * period))
@@ -528,6 +542,10 @@ class _Supervisor:
         last_error = None
         while not task_stop.is_set() and not self.stop.is_set():
             started = time.monotonic()
+            if posters.ticket_refused.is_set():
+                # The next frame is fetched with the new lease's ticket, even if it is the same.
+                posters.ticket_refused.clear()
+                last_captured = None
             try:
                 frame = self.client.frame(task, self.frames)
                 last_error = None
@@ -535,11 +553,7 @@ class _Supervisor:
                     last_captured = frame.captured_at
                     detections = list(self.analyze(task, frame) or [])
                     if detections:
-                        self.client.post(task, frame, detections, stop=task_stop)
-            except TicketRefused:
-                log.info("task %s: ticket refused; leasing again", task.id)
-                last_captured = None
-                self.lease_now.set()
+                        posters.post(frame, detections)
             except HeldarError as e:
                 # Once per distinct problem, not at the task's frame rate.
                 if str(e) != last_error:
@@ -551,3 +565,64 @@ class _Supervisor:
                     last_error = repr(e)
             rest = period - (time.monotonic() - started)
             task_stop.wait(max(rest, 0.02))
+
+
+class _Posters:
+    """A task's posting threads, so the task goes on analysing while its posts wait to be
+    durable. Posts leave in frame order but may be stored out of it; the daemon's zones skip a
+    track's late sightings."""
+
+    def __init__(self, client, task, count, task_stop, lease_now):
+        self.client, self.task, self.task_stop, self.lease_now = client, task, task_stop, lease_now
+        self.ticket_refused = threading.Event()
+        # Taken before a batch is queued and given back once it is answered: the task waits
+        # (and skips frames) while every poster is busy, and the queue never grows.
+        self._free = threading.Semaphore(max(1, count))
+        self._queue: list = []
+        self._ready = threading.Condition()
+        self._threads = [
+            threading.Thread(target=self._poster, daemon=True, name=f"post {task.id}")
+            for _ in range(max(1, count))
+        ]
+        for t in self._threads:
+            t.start()
+
+    def post(self, frame: Frame, detections: list) -> None:
+        """Hands the batch to an idle poster, waiting while every one is busy."""
+        # A busy poster frees up: at stop, its retries give up.
+        self._free.acquire()
+        with self._ready:
+            self._queue.append((frame, detections))
+            self._ready.notify()
+
+    def finish(self) -> None:
+        """Waits for the posts in flight, then ends the threads."""
+        with self._ready:
+            self._queue.extend([None] * len(self._threads))
+            self._ready.notify_all()
+        for t in self._threads:
+            t.join()
+
+    def _poster(self) -> None:
+        try:
+            while True:
+                with self._ready:
+                    while not self._queue:
+                        self._ready.wait()
+                    item = self._queue.pop(0)
+                if item is None:
+                    return
+                try:
+                    self.client.post(self.task, *item, stop=self.task_stop)
+                except TicketRefused:
+                    log.info("task %s: ticket refused; leasing again", self.task.id)
+                    self.ticket_refused.set()
+                    self.lease_now.set()
+                except HeldarError as e:
+                    log.warning("task %s: %s", self.task.id, e)
+                except Exception:  # noqa: BLE001 - one bad post must not end the poster
+                    log.exception("task %s: post failed", self.task.id)
+                finally:
+                    self._free.release()
+        finally:
+            self.client.close_thread()

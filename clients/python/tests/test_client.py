@@ -263,6 +263,45 @@ class RunTest(unittest.TestCase):
             client.release(check.lease_id)
             client.close()
 
+    def test_run_analyses_the_next_frames_while_a_post_waits_for_its_answer(self):
+        # A box with a commit linger answers a post only after it; here the first answer is
+        # held back until three more frames have been analysed.
+        answer_first = threading.Event()
+        posts = []
+
+        class SlowToAnswer(Client):
+            def post(self, *args, **kwargs):
+                posts.append(args[1].captured_at)
+                if len(posts) == 1:
+                    answer_first.wait(timeout=30)
+                return super().post(*args, **kwargs)
+
+        client = SlowToAnswer(API, TOKEN)
+        analysed = []
+        stop = threading.Event()
+
+        def analyze(task, frame):
+            analysed.append(frame.captured_at)
+            return [Detection("person", 0.9, (0.4, 0.4, 0.2, 0.2), track_id="inflight")]
+
+        worker = threading.Thread(
+            target=run,
+            kwargs=dict(analyze=analyze, client=client, worker_id="py-inflight",
+                        task_types=[TASK_TYPE], renew_every=0.5, stop=stop),
+        )
+        worker.start()
+        try:
+            wait_for("three frames analysed and posted behind the first post",
+                     lambda: len(analysed) >= 4 and len(posts) >= 4)
+            self.assertFalse(answer_first.is_set())
+        finally:
+            answer_first.set()
+            stop.set()
+            worker.join(timeout=20)
+            client.close()
+        self.assertFalse(worker.is_alive(), "run returns once stopped")
+        self.assertEqual(sorted(set(posts)), sorted(set(analysed)), "each analysed frame posted")
+
 
 if __name__ == "__main__":
     unittest.main()
