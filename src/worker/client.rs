@@ -229,6 +229,10 @@ impl Client {
     pub fn new(api: &str, token: Option<String>) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
+            // Every task's frames and posts in flight keep their connections between requests;
+            // ureq's default of three per host made most posts open a new one.
+            .max_idle_connections(64)
+            .max_idle_connections_per_host(64)
             .http_status_as_error(false)
             .user_agent("heldar-worker/1.0")
             .build()
