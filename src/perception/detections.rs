@@ -7,6 +7,29 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Who produced a batch, as the server saw it: every detection of the batch shows it in its
+/// attributes (`_prov`, with `source`), and clients cannot write either key.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Provenance {
+    pub credential: String,
+    /// The task the frame ticket bound the batch to; `null` for a ticketless batch.
+    pub task: Option<String>,
+    /// The worker of the lease behind the ticket.
+    pub worker: Option<String>,
+}
+
+impl Provenance {
+    /// Writes `source` and `_prov` over whatever `attributes` held under those keys.
+    pub fn write_into(&self, attributes: &mut Map<String, Value>) {
+        attributes.insert("source".into(), "worker".into());
+        attributes.insert(
+            "_prov".into(),
+            serde_json::to_value(self).unwrap_or(Value::Null),
+        );
+    }
+}
 
 /// A stored detection, with the batch it came in.
 #[derive(Debug, Serialize, Deserialize)]
@@ -18,9 +41,9 @@ pub struct DetectionRow {
     pub timestamp: DateTime<Utc>,
     pub label: Option<String>,
     pub confidence: Option<f64>,
-    pub bbox: Option<serde_json::Value>,
+    pub bbox: Option<Value>,
     pub track_id: Option<String>,
-    pub attributes: serde_json::Value,
+    pub attributes: Value,
 }
 
 /// Which detections of a camera to list, newest first.
@@ -38,11 +61,13 @@ pub fn list(
     camera: &str,
     filter: &DetectionFilter,
 ) -> rusqlite::Result<Vec<DetectionRow>> {
+    // Through the batches' (camera, time) index: a detection's time is its batch's.
     let mut stmt = c.prepare_cached(
-        "SELECT d.id, d.camera_id, b.task_type, b.frame_id, d.ts_ms, d.label, d.confidence, d.bbox, d.track_id, d.attributes
-         FROM detections d JOIN detection_batches b ON b.id = d.batch_id
-         WHERE d.camera_id = ?1 AND d.ts_ms >= ?2 AND d.ts_ms <= ?3 AND (?4 IS NULL OR d.label = ?4)
-         ORDER BY d.ts_ms DESC, d.id DESC LIMIT ?5",
+        "SELECT d.id, b.camera_id, b.task_type, b.frame_id, b.ts_ms, d.label, d.confidence, d.bbox, d.track_id, d.attributes,
+                b.credential, b.task_id, b.worker_id
+         FROM detection_batches b JOIN detections d ON d.batch_id = b.id
+         WHERE b.camera_id = ?1 AND b.ts_ms >= ?2 AND b.ts_ms <= ?3 AND (?4 IS NULL OR d.label = ?4)
+         ORDER BY b.ts_ms DESC, d.id DESC LIMIT ?5",
     )?;
     let rows = stmt.query_map(
         rusqlite::params![
@@ -55,6 +80,14 @@ pub fn list(
         |r| {
             let bbox: Option<String> = r.get(7)?;
             let attributes: String = r.get(9)?;
+            let mut attributes: Map<String, Value> =
+                serde_json::from_str(&attributes).unwrap_or_default();
+            let provenance = Provenance {
+                credential: r.get(10)?,
+                task: r.get(11)?,
+                worker: r.get(12)?,
+            };
+            provenance.write_into(&mut attributes);
             Ok(DetectionRow {
                 id: r.get(0)?,
                 camera_id: r.get(1)?,
@@ -65,7 +98,7 @@ pub fn list(
                 confidence: r.get(6)?,
                 bbox: bbox.and_then(|b| serde_json::from_str(&b).ok()),
                 track_id: r.get(8)?,
-                attributes: serde_json::from_str(&attributes).unwrap_or_default(),
+                attributes: Value::Object(attributes),
             })
         },
     )?;

@@ -4,12 +4,16 @@
 //! committed, in one transaction through the group-commit writer; a batch is all or nothing; a
 //! repeat of a stored `(camera, frame_id)` is a successful no-op. Provenance is the server's: it
 //! writes `attributes.source = "worker"` and `attributes._prov` (credential, task, worker) into every
-//! detection and discards whatever the client sent under those keys.
+//! detection and discards whatever the client sent under those keys. The batch's row holds them
+//! once; a detection's row keeps only the worker's own attributes.
+
+use std::collections::BTreeMap;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
+use super::detections::Provenance;
 use super::record::{Detection, DetectionBatch, WorkerEvent};
 use super::{Perception, PerceptionError, leases, tickets};
 use crate::auth::Principal;
@@ -106,11 +110,11 @@ impl Perception {
                 })?
                 .timestamp_millis(),
         };
-        let provenance = json!({
-            "credential": principal.credential,
-            "task": binding.task_id,
-            "worker": binding.worker_id,
-        });
+        let provenance = Provenance {
+            credential: principal.credential.clone(),
+            task: binding.task_id.clone(),
+            worker: binding.worker_id.clone(),
+        };
         let detections = body
             .detections
             .into_iter()
@@ -242,7 +246,7 @@ impl Perception {
 fn clean_detection(
     i: usize,
     d: DetectionIn,
-    provenance: &Value,
+    provenance: &Provenance,
 ) -> Result<Detection, PerceptionError> {
     if let Some(c) = d.confidence
         && !(c.is_finite() && (0.0..=1.0).contains(&c))
@@ -277,8 +281,7 @@ fn clean_detection(
         Some(Value::Object(m)) => m,
         Some(other) => Map::from_iter([("_client".to_string(), other)]),
     };
-    attributes.insert("source".into(), "worker".into());
-    attributes.insert("_prov".into(), provenance.clone());
+    provenance.write_into(&mut attributes);
     Ok(Detection {
         label: d.label,
         confidence: d.confidence,
@@ -386,10 +389,19 @@ fn store_batch(
             d.confidence,
             d.bbox.map(|b| json_text(&b)),
             d.track_id,
-            json_text(&d.attributes),
+            json_text(&stored_attributes(&d.attributes)),
         ])?;
     }
     Ok(Stored::New)
+}
+
+/// A detection's attributes as its row keeps them: without `source` and `_prov`, which its
+/// batch's row holds once for all its detections ([`super::detections::list`] adds them back).
+fn stored_attributes(attributes: &Map<String, Value>) -> BTreeMap<&String, &Value> {
+    attributes
+        .iter()
+        .filter(|(k, _)| *k != "source" && *k != "_prov")
+        .collect()
 }
 
 /// JSON text of a value that always serializes (numbers, strings, maps with string keys).

@@ -92,6 +92,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0014_worker_lease",
         sql: include_str!("../../migrations/0014_worker_lease.sql"),
     },
+    Migration {
+        version: 15,
+        name: "0015_detections_lean",
+        sql: include_str!("../../migrations/0015_detections_lean.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

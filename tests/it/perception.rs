@@ -168,6 +168,12 @@ fn the_worker_contract() {
     );
     assert_eq!(rows[0]["attributes"]["_prov"]["task"], "gate:motion:main");
     assert_eq!(rows[0]["attributes"]["colour"], "red");
+    // Stored once, in the batch's row, not in every detection's.
+    let db = rusqlite::Connection::open(d.dir.path().join("data/heldar.db")).unwrap();
+    let kept: String = db
+        .query_row("SELECT attributes FROM detections", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, r#"{"colour":"red"}"#);
     assert_eq!(rows[0]["bbox"], json!([0.1, 0.2, 0.3, 0.4]));
 
     // Ticket problems: all 401 naming frame_ticket; disagreements 409.
