@@ -9,6 +9,7 @@
 //! Rule for callers: a [`Config`] that exists has passed validation; code downstream may rely on
 //! every range and reference checked in `validate.rs` and need not re-check it.
 
+pub mod broker;
 pub mod command_key;
 mod load;
 pub mod model;

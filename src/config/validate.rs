@@ -185,13 +185,9 @@ impl Validator {
             }
         }
         if let Some(m) = &c.mqtt {
-            match m.url.split_once("://") {
-                Some(("mqtt" | "mqtts", rest)) if !rest.is_empty() && !rest.contains('@') => {}
-                Some(("mqtt" | "mqtts", rest)) if rest.contains('@') => self.fail(
-                    "mqtt.url",
-                    "credentials in the URL are not accepted: use mqtt.username and mqtt.password_file",
-                ),
-                _ => self.fail("mqtt.url", format!("{:?} must look like mqtt://host:1883 or mqtts://host:8883", m.url)),
+            let broker = m.broker();
+            if let Err(e) = &broker {
+                self.fail("mqtt.url", e);
             }
             if m.prefix.is_empty()
                 || m.prefix.contains(['#', '+'])
@@ -215,7 +211,7 @@ impl Validator {
                     "client_cert_file and client_key_file go together",
                 );
             }
-            if !m.url.starts_with("mqtts://") {
+            if broker.is_ok_and(|b| !b.tls) {
                 for (key, set) in [
                     ("mqtt.ca_file", m.ca_file.is_some()),
                     ("mqtt.client_cert_file", m.client_cert_file.is_some()),

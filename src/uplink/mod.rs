@@ -72,17 +72,16 @@ pub struct Uplink {
 
 impl Uplink {
     pub fn new(config: MqttConfig, deps: UplinkDeps) -> anyhow::Result<Uplink> {
-        let options = session::options(&config, &deps.device_id, WINDOW as u16)?;
-        let (host, port) = options.broker_address();
+        // A loaded config has had its URL checked; this keeps the key in the error anyway.
+        let broker = config
+            .broker()
+            .map_err(|e| anyhow::anyhow!("mqtt.url: {e}"))?;
+        let options = session::options(&config, &broker, &deps.device_id, WINDOW as u16)?;
         let status = Arc::new(Mutex::new(UplinkStatus {
             state: "connecting".into(),
-            broker: if host.contains(':') {
-                format!("[{host}]:{port}")
-            } else {
-                format!("{host}:{port}")
-            },
+            broker: broker.to_string(),
             client_id: options.client_id(),
-            tls: config.url.starts_with("mqtts://"),
+            tls: broker.tls,
             ..UplinkStatus::default()
         }));
         Ok(Uplink {

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::broker::Broker;
 use crate::config::model::MqttConfig;
 use crate::config::secret::redact_url;
 use crate::metrics::INSTRUMENTS;
@@ -171,55 +172,19 @@ pub struct Inbound {
     pub retain: bool,
 }
 
-/// The host and port of an MQTT URL's authority: `host`, `host:port`, `[v6]` or `[v6]:port`,
-/// the port defaulting to `default_port`; errors name the config key.
-fn host_port(authority: &str, default_port: u16) -> anyhow::Result<(&str, u16)> {
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(bracketed) => {
-            let (host, after) = bracketed
-                .split_once(']')
-                .ok_or_else(|| anyhow::anyhow!("mqtt.url: {authority:?} has no closing ']'"))?;
-            let port = match after {
-                "" => None,
-                _ => Some(after.strip_prefix(':').ok_or_else(|| {
-                    anyhow::anyhow!("mqtt.url: {after:?} after an IPv6 address is not :port")
-                })?),
-            };
-            (host, port)
-        }
-        None if authority.matches(':').count() > 1 => {
-            anyhow::bail!(
-                "mqtt.url: an IPv6 address needs brackets, as in mqtt://[{authority}]:1883"
-            )
-        }
-        None => match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
-    };
-    anyhow::ensure!(!host.is_empty(), "mqtt.url: no host");
-    let port = match port {
-        None => default_port,
-        Some(p) => p
-            .parse()
-            .map_err(|_| anyhow::anyhow!("mqtt.url: {p:?} is not a port"))?,
-    };
-    Ok((host, port))
-}
-
-/// Builds the client options from the config; errors name the config key.
-pub fn options(config: &MqttConfig, device_id: &str, window: u16) -> anyhow::Result<MqttOptions> {
-    let (tls, rest) = match config.url.split_once("://") {
-        Some(("mqtt", rest)) => (false, rest),
-        Some(("mqtts", rest)) => (true, rest),
-        _ => anyhow::bail!(
-            "mqtt.url: {:?} must be mqtt://host:port or mqtts://host:port",
-            redact_url(&config.url)
-        ),
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let (host, port) = host_port(authority, if tls { 8883 } else { 1883 })?;
-    let mut o = MqttOptions::new(format!("heldar-{device_id}"), host, port);
+/// Builds the client options for `broker` (the config's [`MqttConfig::broker`]); errors name
+/// the config key.
+pub fn options(
+    config: &MqttConfig,
+    broker: &Broker,
+    device_id: &str,
+    window: u16,
+) -> anyhow::Result<MqttOptions> {
+    let mut o = MqttOptions::new(
+        format!("heldar-{device_id}"),
+        broker.host.clone(),
+        broker.port,
+    );
     o.set_clean_session(false)
         .set_keep_alive(config.keep_alive.get().max(Duration::from_secs(5)))
         .set_inflight(window)
@@ -238,7 +203,7 @@ pub fn options(config: &MqttConfig, device_id: &str, window: u16) -> anyhow::Res
             .unwrap_or_default();
         o.set_credentials(user.clone(), password);
     }
-    if tls {
+    if broker.tls {
         o.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(
             tls_config(config)?,
         ))));
@@ -492,37 +457,4 @@ fn describe(e: &ConnectionError) -> String {
         other => other.to_string(),
     };
     redact_url(&text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_port;
-
-    #[test]
-    fn an_ipv6_broker_needs_no_port() {
-        assert_eq!(host_port("[::1]", 1883).unwrap(), ("::1", 1883));
-        assert_eq!(
-            host_port("[fd00::2]:1884", 1883).unwrap(),
-            ("fd00::2", 1884)
-        );
-        assert_eq!(host_port("broker.lan", 8883).unwrap(), ("broker.lan", 8883));
-        assert_eq!(
-            host_port("10.0.0.5:1885", 1883).unwrap(),
-            ("10.0.0.5", 1885)
-        );
-    }
-
-    #[test]
-    fn a_malformed_authority_names_what_is_wrong() {
-        let error = |a: &str| host_port(a, 1883).unwrap_err().to_string();
-        assert!(error("[::1").contains("no closing"), "{}", error("[::1"));
-        assert!(
-            error("[::1]1883").contains("not :port"),
-            "{}",
-            error("[::1]1883")
-        );
-        assert!(error("broker:mqtt").contains("\"mqtt\" is not a port"));
-        assert!(error(":1883").contains("no host"));
-        assert!(error("fd00::2").contains("needs brackets"));
-    }
 }

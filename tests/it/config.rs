@@ -130,6 +130,10 @@ fn bad_configs_name_the_key_and_exit_2() {
             "error: mqtt.url: \"http://broker\" must look like mqtt://host:1883 or mqtts://host:8883",
         ),
         (
+            "[mqtt]\nurl = \"mqtt://broker:x\"".into(),
+            "error: mqtt.url: \"x\" is not a port",
+        ),
+        (
             format!("{CAM}[[tasks]]\ncamera = \"gate\"\ntask_type = \"motion\"\nfps = 60"),
             "error: tasks[0].fps: must be 0.1..30, got 60",
         ),
