@@ -4,7 +4,8 @@
 //! to a real mosquitto with a subscriber, for 30 minutes. Every 10 s it samples the daemon's
 //! RSS, open fds, threads, CPU, WAL size, outbox backlog and bytes written (its own meter by kind,
 //! and `/proc/PID/io`); at the end it prints the slope of each over the last two thirds of the run
-//! and the writes extrapolated to a day, writes the samples as CSV and, with gnuplot installed,
+//! and the writes extrapolated to a day, then which tables and indexes the commits wrote (pages
+//! per commit, from the WAL's frames), writes the samples as CSV and, with gnuplot installed,
 //! plots them to PNG.
 //!
 //! Run: `cargo bench --bench soak` (HELDAR_SOAK_MINUTES, default 30; HELDAR_SOAK_OUT, the
@@ -101,7 +102,64 @@ fn main() {
     let csv = out.join("soak.csv");
     write_csv(&csv, &samples);
     report(&samples);
+    wal_profile(&daemon.dir.path().join("data/heldar.db"), scratch.path());
     plot(&csv, &out.join("soak.png"));
+}
+
+/// Which tables and indexes the commits in the WAL wrote, in pages per commit: where the
+/// metadata's flash writes go. Reads a copy of the database and its WAL: each WAL frame names
+/// the page it holds, and SQLite's `dbstat` names the table or index that owns each page.
+fn wal_profile(db: &Path, scratch: &Path) {
+    let copy = scratch.join("profile.db");
+    let wal_of = |p: &Path| PathBuf::from(format!("{}-wal", p.display()));
+    let (Ok(_), Ok(_)) = (
+        std::fs::copy(db, &copy),
+        std::fs::copy(wal_of(db), wal_of(&copy)),
+    ) else {
+        println!("no WAL profile: the database or its WAL could not be copied");
+        return;
+    };
+    let wal = std::fs::read(wal_of(&copy)).unwrap_or_default();
+    let be = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+    if wal.len() < 32 {
+        println!("no WAL profile: the WAL is empty");
+        return;
+    }
+    let page_size = be(&wal, 8) as usize;
+    let salts = &wal[16..24];
+    // Frames of the WAL's current generation: after a checkpoint restarts the WAL, older
+    // frames further on carry the previous salts.
+    let (mut pages, mut commits, mut at) = (Vec::new(), 0u32, 32);
+    while at + 24 + page_size <= wal.len() && &wal[at + 8..at + 16] == salts {
+        pages.push(be(&wal, at));
+        commits += u32::from(be(&wal, at + 4) != 0);
+        at += 24 + page_size;
+    }
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let owner: std::collections::HashMap<u32, String> = conn
+        .prepare("SELECT pageno, name FROM dbstat")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .filter_map(Result::ok)
+        .collect();
+    let mut by_owner: std::collections::HashMap<&str, u32> = Default::default();
+    for p in &pages {
+        *by_owner
+            .entry(owner.get(p).map_or("(freed since)", String::as_str))
+            .or_default() += 1;
+    }
+    let mut by_owner: Vec<_> = by_owner.into_iter().collect();
+    by_owner.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let commits = commits.max(1) as f64;
+    println!(
+        "WAL pages per commit by owner ({} pages of {page_size} bytes in the WAL's last {commits} commits; {:.1} per commit):",
+        pages.len(),
+        pages.len() as f64 / commits
+    );
+    for (name, n) in by_owner.iter().take(12) {
+        println!("  {:>7.2}  {name}", *n as f64 / commits);
+    }
 }
 
 fn config(camera: &SyntheticCamera, mqtt_port: u16) -> String {
