@@ -7,8 +7,8 @@
 //! - `dwell` fires once per visit at `entered + dwell_seconds`, from a clock tick when no batch
 //!   comes;
 //! - a track not seen for `lost_after` leaves every zone it was in (`exit`, reason `lost`), on its
-//!   own camera, and is forgotten (outside every zone, once the camera's longest `lost_after`
-//!   has passed);
+//!   own camera, and is forgotten (outside every zone, after twice the camera's longest
+//!   `lost_after`);
 //! - a batch older than a track's last sighting is too late for that track and is skipped, so
 //!   batches stored out of order never walk a track back;
 //! - a line is crossed when the segment between a track's consecutive points properly crosses it
@@ -238,16 +238,18 @@ impl CameraState {
             }
             track.zones.retain(|_, z| *z != InZone::default());
         }
-        // A track outside every zone and unseen for longer than any zone waits is lost like a
-        // track inside one: forgotten, so the state (rewritten with every batch) holds only the
-        // tracks that can still matter.
-        let longest = zones
+        // A track outside every zone is forgotten once unseen for twice the longest `lost_after`,
+        // so the state (rewritten with every batch) holds only tracks that can still matter.
+        // Twice: a line still sees the step of a track sampled as slowly as `lost_after`, and
+        // the clock tick (wall time) runs ahead of batches that arrive late (posts in flight, a
+        // commit linger).
+        let keep = 2 * zones
             .iter()
             .map(|z| Zone::ms(z.settings.lost_after))
             .max()
             .unwrap_or(0);
         self.tracks
-            .retain(|_, t| !t.zones.is_empty() || now_ms - t.last_seen_ms < longest);
+            .retain(|_, t| !t.zones.is_empty() || now_ms - t.last_seen_ms < keep);
         events.sort_by_key(|e| e.ts_ms);
         events
     }
@@ -644,6 +646,28 @@ mod tests {
             }
         }
         assert_eq!(kinds, ["cross_ba@400"]);
+    }
+
+    /// A track outside every zone is kept for twice `lost_after`: a line still sees the step of
+    /// a track sampled every `lost_after`, and the state forgets it after that.
+    #[test]
+    fn a_slowly_sampled_track_crosses_a_line_and_is_forgotten_later() {
+        let line = zone(
+            "name = \"gate\"\nkind = \"line\"\npoints = [[0.5, 0.0], [0.5, 1.0]]\nlost_after = \"10s\"",
+        );
+        let zones = std::slice::from_ref(&line);
+        let mut s = CameraState::default();
+        let mut kinds = Vec::new();
+        for (ms, x) in [(0, 0.3), (10_000, 0.7)] {
+            for e in s.observe(zones, ms, &[at("t", "1", "person", x, 0.5)]) {
+                kinds.push(format!("{}@{}", e.kind, e.ts_ms));
+            }
+        }
+        assert_eq!(kinds, ["cross_ba@10000"]);
+        s.advance(zones, 29_999);
+        assert_eq!(s.tracks.len(), 1, "kept for twice lost_after");
+        s.advance(zones, 30_000);
+        assert!(s.tracks.is_empty(), "{:?}", s.tracks);
     }
 
     #[test]
