@@ -55,8 +55,10 @@ use tokio_util::task::TaskTracker;
 /// Time a client has to send a request head, and the longest a keep-alive connection may idle:
 /// far above what the CLI, the page or a worker on the same box needs.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Open HTTP connections at most: the page, the CLI's few calls and one keep-alive connection per
-/// worker fit many times over. The unit's `LimitNOFILE=` is sized against it.
+/// Open HTTP connections at most: the page, the CLI's few calls and the workers' keep-alive
+/// connections (one per request in flight: a task of the reference worker holds one for frames
+/// and up to eight for posts under a commit linger, about two without) fit many times over.
+/// The unit's `LimitNOFILE=` is sized against it.
 pub const MAX_CONNECTIONS: usize = 256;
 /// Pause after a failed `accept()`: long enough not to spin while descriptors are short, short
 /// enough that a freed descriptor is used at once.

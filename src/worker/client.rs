@@ -233,6 +233,8 @@ impl Client {
             // ureq's default of three per host made most posts open a new one.
             .max_idle_connections(64)
             .max_idle_connections_per_host(64)
+            // Under the daemon's 10 s keep-alive, so a pooled connection is not one it is closing.
+            .max_idle_age(Duration::from_secs(5))
             .http_status_as_error(false)
             .user_agent("heldar-worker/1.0")
             .build()
@@ -368,7 +370,7 @@ impl Client {
 
     /// Posts a batch. A 5xx or a lost connection is repeated with the same body (ingest is
     /// idempotent on the frame id), backing off from 0.5 s, up to five attempts, and not once
-    /// `stop` is set.
+    /// `stop` is set (a backoff under way ends at once).
     pub fn post(&self, batch: &Batch, stop: &AtomicBool) -> Posted {
         let mut backoff = Duration::from_millis(500);
         for _ in 0..5 {
@@ -400,10 +402,14 @@ impl Client {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot post; retrying the same batch"),
             }
+            // In slices, so a stopping task waits for its post at most a slice, not a backoff.
+            let until = Instant::now() + backoff;
+            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
+            }
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(15));
         }
         Posted::GaveUp

@@ -14,6 +14,7 @@ JPEG encode in the daemon and the decode in the worker, and cost least over the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -591,8 +592,11 @@ class _Posters:
         """Hands the batch to an idle poster, waiting while every one is busy."""
         # A busy poster frees up: at stop, its retries give up.
         self._free.acquire()
+        # A post needs the frame's time and ticket, not its pixels: a queued or finished post
+        # must not keep a frame's megabytes alive.
+        light = dataclasses.replace(frame, data=b"")
         with self._ready:
-            self._queue.append((frame, detections))
+            self._queue.append((light, detections))
             self._ready.notify()
 
     def finish(self) -> None:
@@ -612,8 +616,10 @@ class _Posters:
                     item = self._queue.pop(0)
                 if item is None:
                     return
+                frame, detections = item
+                item = None
                 try:
-                    self.client.post(self.task, *item, stop=self.task_stop)
+                    self.client.post(self.task, frame, detections, stop=self.task_stop)
                 except TicketRefused:
                     log.info("task %s: ticket refused; leasing again", self.task.id)
                     self.ticket_refused.set()
@@ -623,6 +629,7 @@ class _Posters:
                 except Exception:  # noqa: BLE001 - one bad post must not end the poster
                     log.exception("task %s: post failed", self.task.id)
                 finally:
+                    frame = detections = None
                     self._free.release()
         finally:
             self.client.close_thread()
