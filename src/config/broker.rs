@@ -4,7 +4,6 @@
 use std::fmt;
 
 use super::model::MqttConfig;
-use super::secret::redact_url;
 
 /// The broker of `mqtt.url`.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,23 +31,24 @@ impl MqttConfig {
     /// `[v6]:port`, the port defaulting to 1883 (8883 for `mqtts`). The error says what is
     /// wrong; the caller names the key.
     pub fn broker(&self) -> Result<Broker, String> {
+        // Looked for first, so no error below repeats a password, with or without a scheme.
+        if self.url.contains('@') {
+            return Err(
+                "credentials in the URL are not accepted: use mqtt.username and mqtt.password_file"
+                    .into(),
+            );
+        }
         let (tls, rest) = match self.url.split_once("://") {
             Some(("mqtt", rest)) => (false, rest),
             Some(("mqtts", rest)) => (true, rest),
             _ => {
                 return Err(format!(
                     "{:?} must look like mqtt://host:1883 or mqtts://host:8883",
-                    redact_url(&self.url)
+                    self.url
                 ));
             }
         };
         let authority = rest.split('/').next().unwrap_or_default();
-        if authority.contains('@') {
-            return Err(
-                "credentials in the URL are not accepted: use mqtt.username and mqtt.password_file"
-                    .into(),
-            );
-        }
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = host_port(authority, default_port)?;
         Ok(Broker {
@@ -125,9 +125,10 @@ mod tests {
             "an IPv6 address needs brackets, as in [fd00::2]:8883"
         );
         assert!(error("mqtt://u:p@broker").contains("credentials"));
+        assert!(error("u:secret@broker").contains("credentials"));
         assert_eq!(
-            error("http://u:secret@broker"),
-            "\"http://***@broker\" must look like mqtt://host:1883 or mqtts://host:8883"
+            error("http://broker"),
+            "\"http://broker\" must look like mqtt://host:1883 or mqtts://host:8883"
         );
     }
 }
