@@ -15,6 +15,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -102,51 +103,49 @@ fn main() {
     let csv = out.join("soak.csv");
     write_csv(&csv, &samples);
     report(&samples);
-    wal_profile(&daemon.dir.path().join("data/heldar.db"), scratch.path());
+    wal_profile(&daemon.dir.path().join("data/heldar.db"));
     plot(&csv, &out.join("soak.png"));
 }
 
 /// Which tables and indexes the commits in the WAL wrote, in pages per commit: where the
-/// metadata's flash writes go. Reads a copy of the database and its WAL: each WAL frame names
-/// the page it holds, and SQLite's `dbstat` names the table or index that owns each page.
-fn wal_profile(db: &Path, scratch: &Path) {
-    let copy = scratch.join("profile.db");
-    let wal_of = |p: &Path| PathBuf::from(format!("{}-wal", p.display()));
-    let (Ok(_), Ok(_)) = (
-        std::fs::copy(db, &copy),
-        std::fs::copy(wal_of(db), wal_of(&copy)),
-    ) else {
-        println!("no WAL profile: the database or its WAL could not be copied");
-        return;
-    };
-    let wal = std::fs::read(wal_of(&copy)).unwrap_or_default();
-    let be = |b: &[u8], at: usize| u32::from_be_bytes(b[at..at + 4].try_into().unwrap());
+/// metadata's flash writes go. Each WAL frame names the page it holds, and SQLite's `dbstat`,
+/// read from the live database, names the table or index that owns each page now (a page freed
+/// and reused since counts for its new owner, which is rare within one WAL).
+fn wal_profile(db: &Path) {
+    let wal = std::fs::read(format!("{}-wal", db.display())).unwrap_or_default();
     if wal.len() < 32 {
         println!("no WAL profile: the WAL is empty");
         return;
     }
-    let page_size = be(&wal, 8) as usize;
+    let be = |at: usize| u32::from_be_bytes(wal[at..at + 4].try_into().unwrap());
+    let page_size = be(8) as usize;
     let salts = &wal[16..24];
     // Frames of the WAL's current generation: after a checkpoint restarts the WAL, older
     // frames further on carry the previous salts.
     let (mut pages, mut commits, mut at) = (Vec::new(), 0u32, 32);
     while at + 24 + page_size <= wal.len() && &wal[at + 8..at + 16] == salts {
-        pages.push(be(&wal, at));
-        commits += u32::from(be(&wal, at + 4) != 0);
+        pages.push(be(at));
+        commits += u32::from(be(at + 4) != 0);
         at += 24 + page_size;
     }
-    let conn = rusqlite::Connection::open(&copy).unwrap();
-    let owner: std::collections::HashMap<u32, String> = conn
-        .prepare("SELECT pageno, name FROM dbstat")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .filter_map(Result::ok)
-        .collect();
-    let mut by_owner: std::collections::HashMap<&str, u32> = Default::default();
+    let owners = || -> rusqlite::Result<HashMap<u32, String>> {
+        let conn =
+            rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        let mut stmt = conn.prepare("SELECT pageno, name FROM dbstat")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    };
+    let owner = match owners() {
+        Ok(owner) => owner,
+        Err(e) => {
+            println!("no WAL profile: cannot read the database's pages: {e}");
+            return;
+        }
+    };
+    let mut by_owner: HashMap<&str, u32> = HashMap::new();
     for p in &pages {
         *by_owner
-            .entry(owner.get(p).map_or("(freed since)", String::as_str))
+            .entry(owner.get(p).map_or("(free now)", String::as_str))
             .or_default() += 1;
     }
     let mut by_owner: Vec<_> = by_owner.into_iter().collect();
