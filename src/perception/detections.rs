@@ -21,13 +21,25 @@ pub struct Provenance {
 }
 
 impl Provenance {
+    /// The attribute keys that are the server's, never the worker's.
+    const KEYS: [&str; 2] = ["source", "_prov"];
+
     /// Writes `source` and `_prov` over whatever `attributes` held under those keys.
     pub fn write_into(&self, attributes: &mut Map<String, Value>) {
-        attributes.insert("source".into(), "worker".into());
+        attributes.insert(Self::KEYS[0].into(), "worker".into());
         attributes.insert(
-            "_prov".into(),
+            Self::KEYS[1].into(),
             serde_json::to_value(self).unwrap_or(Value::Null),
         );
+    }
+
+    /// `attributes` without the provenance keys: what a detection's row keeps, since its
+    /// batch's row holds the provenance once for all its detections and [`list`] adds it back.
+    pub fn without(attributes: &Map<String, Value>) -> BTreeMap<&String, &Value> {
+        attributes
+            .iter()
+            .filter(|(k, _)| !Self::KEYS.contains(&k.as_str()))
+            .collect()
     }
 }
 

@@ -7,8 +7,6 @@
 //! detection and discards whatever the client sent under those keys. The batch's row holds them
 //! once; a detection's row keeps only the worker's own attributes.
 
-use std::collections::BTreeMap;
-
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -389,19 +387,10 @@ fn store_batch(
             d.confidence,
             d.bbox.map(|b| json_text(&b)),
             d.track_id,
-            json_text(&stored_attributes(&d.attributes)),
+            json_text(&Provenance::without(&d.attributes)),
         ])?;
     }
     Ok(Stored::New)
-}
-
-/// A detection's attributes as its row keeps them: without `source` and `_prov`, which its
-/// batch's row holds once for all its detections ([`super::detections::list`] adds them back).
-fn stored_attributes(attributes: &Map<String, Value>) -> BTreeMap<&String, &Value> {
-    attributes
-        .iter()
-        .filter(|(k, _)| *k != "source" && *k != "_prov")
-        .collect()
 }
 
 /// JSON text of a value that always serializes (numbers, strings, maps with string keys).

@@ -402,12 +402,7 @@ impl Client {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot post; retrying the same batch"),
             }
-            // In slices, so a stopping task waits for its post at most a slice, not a backoff.
-            let until = Instant::now() + backoff;
-            while !stop.load(Ordering::SeqCst) && Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(100).min(until - Instant::now()));
-            }
-            if stop.load(Ordering::SeqCst) {
+            if nap(backoff, || stop.load(Ordering::SeqCst)) {
                 break;
             }
             backoff = (backoff * 2).min(Duration::from_secs(15));
@@ -558,13 +553,9 @@ where
             }
             Err(e) => tracing::warn!(error = %e, "lease failed"),
         }
-        let deadline = Instant::now() + options.renew_every;
-        while Instant::now() < deadline
-            && !stop.load(Ordering::SeqCst)
-            && !release_now.swap(false, Ordering::SeqCst)
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        nap(options.renew_every, || {
+            stop.load(Ordering::SeqCst) || release_now.swap(false, Ordering::SeqCst)
+        });
     }
     stop_all(runners.drain().collect());
     if let Some(id) = lease_id
@@ -574,6 +565,22 @@ where
         tracing::warn!(error = %e, "could not release the lease");
     }
     Ok(())
+}
+
+/// Sleeps for `span` in slices of 100 ms, ending early once `wake` says so; returns whether it
+/// did. A stopping worker waits a slice, not a backoff or a renewal period.
+fn nap(span: Duration, mut wake: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + span;
+    loop {
+        if wake() {
+            return true;
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
 }
 
 /// Tells every runner to stop, then waits for them: one runner's last post does not hold up
@@ -655,8 +662,7 @@ fn analyse(
 /// durable. Posts leave in frame order but may be stored out of it; the daemon's zones skip a
 /// track's late sightings.
 struct Posters {
-    /// Empty once finishing: the threads then see the end of the queue.
-    queue: Option<std::sync::mpsc::SyncSender<Batch>>,
+    queue: std::sync::mpsc::SyncSender<Batch>,
     threads: Vec<JoinHandle<()>>,
     /// Set when the daemon refused a batch's ticket, so the task fetches its frame again.
     ticket_refused: Arc<AtomicBool>,
@@ -710,7 +716,7 @@ impl Posters {
             })
             .collect();
         Posters {
-            queue: Some(tx),
+            queue: tx,
             threads,
             ticket_refused,
         }
@@ -719,16 +725,15 @@ impl Posters {
     /// Hands `batch` to an idle poster, waiting while every one is busy: the task's frames are
     /// then skipped, as they would be behind a slow daemon.
     fn post(&self, batch: Batch) {
-        if let Some(queue) = &self.queue {
-            // Fails only if every poster thread died, which only a panic does.
-            let _ = queue.send(batch);
-        }
+        // Fails only if every poster thread died, which only a panic does.
+        let _ = self.queue.send(batch);
     }
 
-    /// Waits for the posts in flight.
-    fn finish(mut self) {
-        self.queue = None;
-        for t in self.threads.drain(..) {
+    /// Waits for the posts in flight: the threads see the end of the queue once it is dropped.
+    fn finish(self) {
+        let Posters { queue, threads, .. } = self;
+        drop(queue);
+        for t in threads {
             if t.join().is_err() {
                 tracing::error!("a poster thread panicked");
             }

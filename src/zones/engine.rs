@@ -470,7 +470,11 @@ mod tests {
 
     /// Runs a walk of `(ms, x)` positions (y 0.5) through the engine; returns "kind@ms" strings.
     fn walk(zones: &[Zone], steps: &[(i64, f64)]) -> Vec<String> {
-        let mut s = CameraState::default();
+        walk_on(&mut CameraState::default(), zones, steps)
+    }
+
+    /// [`walk`] on a state the caller goes on with.
+    fn walk_on(s: &mut CameraState, zones: &[Zone], steps: &[(i64, f64)]) -> Vec<String> {
         let mut out = Vec::new();
         for (ms, x) in steps {
             for e in s.observe(zones, *ms, &[at("t", "1", "person", *x, 0.5)]) {
@@ -637,15 +641,8 @@ mod tests {
         let line = zone(
             "name = \"gate\"\nkind = \"line\"\npoints = [[0.5, 0.0], [0.5, 1.0]]\nconfirm = \"0s\"",
         );
-        let zones = std::slice::from_ref(&line);
-        let mut s = CameraState::default();
-        let mut kinds = Vec::new();
-        for (ms, x) in [(0, 0.3), (400, 0.7), (200, 0.4), (600, 0.8)] {
-            for e in s.observe(zones, ms, &[at("t", "1", "person", x, 0.5)]) {
-                kinds.push(format!("{}@{}", e.kind, e.ts_ms));
-            }
-        }
-        assert_eq!(kinds, ["cross_ba@400"]);
+        let steps = [(0, 0.3), (400, 0.7), (200, 0.4), (600, 0.8)];
+        assert_eq!(walk(std::slice::from_ref(&line), &steps), ["cross_ba@400"]);
     }
 
     /// A track outside every zone is kept for twice `lost_after`: a line still sees the step of
@@ -657,12 +654,7 @@ mod tests {
         );
         let zones = std::slice::from_ref(&line);
         let mut s = CameraState::default();
-        let mut kinds = Vec::new();
-        for (ms, x) in [(0, 0.3), (10_000, 0.7)] {
-            for e in s.observe(zones, ms, &[at("t", "1", "person", x, 0.5)]) {
-                kinds.push(format!("{}@{}", e.kind, e.ts_ms));
-            }
-        }
+        let kinds = walk_on(&mut s, zones, &[(0, 0.3), (10_000, 0.7)]);
         assert_eq!(kinds, ["cross_ba@10000"]);
         s.advance(zones, 29_999);
         assert_eq!(s.tracks.len(), 1, "kept for twice lost_after");

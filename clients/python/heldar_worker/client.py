@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import signal
 import threading
 import time
@@ -579,8 +580,7 @@ class _Posters:
         # Taken before a batch is queued and given back once it is answered: the task waits
         # (and skips frames) while every poster is busy, and the queue never grows.
         self._free = threading.Semaphore(max(1, count))
-        self._queue: list = []
-        self._ready = threading.Condition()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._threads = [
             threading.Thread(target=self._poster, daemon=True, name=f"post {task.id}")
             for _ in range(max(1, count))
@@ -594,32 +594,20 @@ class _Posters:
         self._free.acquire()
         # A post needs the frame's time and ticket, not its pixels: a queued or finished post
         # must not keep a frame's megabytes alive.
-        light = dataclasses.replace(frame, data=b"")
-        with self._ready:
-            self._queue.append((light, detections))
-            self._ready.notify()
+        self._queue.put((dataclasses.replace(frame, data=b""), detections))
 
     def finish(self) -> None:
         """Waits for the posts in flight, then ends the threads."""
-        with self._ready:
-            self._queue.extend([None] * len(self._threads))
-            self._ready.notify_all()
+        for _ in self._threads:
+            self._queue.put(None)
         for t in self._threads:
             t.join()
 
     def _poster(self) -> None:
         try:
-            while True:
-                with self._ready:
-                    while not self._queue:
-                        self._ready.wait()
-                    item = self._queue.pop(0)
-                if item is None:
-                    return
-                frame, detections = item
-                item = None
+            while (item := self._queue.get()) is not None:
                 try:
-                    self.client.post(self.task, frame, detections, stop=self.task_stop)
+                    self.client.post(self.task, *item, stop=self.task_stop)
                 except TicketRefused:
                     log.info("task %s: ticket refused; leasing again", self.task.id)
                     self.ticket_refused.set()
@@ -629,7 +617,6 @@ class _Posters:
                 except Exception:  # noqa: BLE001 - one bad post must not end the poster
                     log.exception("task %s: post failed", self.task.id)
                 finally:
-                    frame = detections = None
                     self._free.release()
         finally:
             self.client.close_thread()

@@ -221,6 +221,24 @@ class RawFrameTest(unittest.TestCase):
             self.client.frame(self.task, "png")
 
 
+def start_run(client, worker_id, track_id, stop):
+    """``run`` on its own thread, analysing every frame as one person with ``track_id``;
+    returns the thread and the list of analysed frames' capture times."""
+    analysed = []
+
+    def analyze(task, frame):
+        analysed.append(frame.captured_at)
+        return [Detection("person", 0.9, (0.4, 0.4, 0.2, 0.2), track_id=track_id)]
+
+    worker = threading.Thread(
+        target=run,
+        kwargs=dict(analyze=analyze, client=client, worker_id=worker_id,
+                    task_types=[TASK_TYPE], renew_every=0.5, stop=stop),
+    )
+    worker.start()
+    return worker, analysed
+
+
 class RunTest(unittest.TestCase):
     def test_run_analyzes_new_frames_posts_them_and_releases_on_stop(self):
         answers = []
@@ -231,19 +249,8 @@ class RunTest(unittest.TestCase):
                 return answers[-1]
 
         client = Recording(API, TOKEN)
-        analysed = []
         stop = threading.Event()
-
-        def analyze(task, frame):
-            analysed.append(frame.captured_at)
-            return [Detection("person", 0.9, (0.4, 0.4, 0.2, 0.2), track_id="run1")]
-
-        worker = threading.Thread(
-            target=run,
-            kwargs=dict(analyze=analyze, client=client, worker_id="py-run",
-                        task_types=[TASK_TYPE], renew_every=0.5, stop=stop),
-        )
-        worker.start()
+        worker, analysed = start_run(client, "py-run", "run1", stop)
         wait_for("three analysed frames", lambda: len(analysed) >= 3)
         stop.set()
         worker.join(timeout=20)
@@ -277,19 +284,8 @@ class RunTest(unittest.TestCase):
                 return super().post(*args, **kwargs)
 
         client = SlowToAnswer(API, TOKEN)
-        analysed = []
         stop = threading.Event()
-
-        def analyze(task, frame):
-            analysed.append(frame.captured_at)
-            return [Detection("person", 0.9, (0.4, 0.4, 0.2, 0.2), track_id="inflight")]
-
-        worker = threading.Thread(
-            target=run,
-            kwargs=dict(analyze=analyze, client=client, worker_id="py-inflight",
-                        task_types=[TASK_TYPE], renew_every=0.5, stop=stop),
-        )
-        worker.start()
+        worker, analysed = start_run(client, "py-inflight", "inflight", stop)
         try:
             wait_for("three frames analysed and posted behind the first post",
                      lambda: len(analysed) >= 4 and len(posts) >= 4)
