@@ -19,6 +19,7 @@
 //! - [`metadata_retention`]: the age and size bounds on detections, zone events, rule actions
 //!   and audit rows;
 //! - [`recent_logs`]: the in-memory ring of recent warnings the page shows;
+//! - [`provenance`]: who produced a detection, stored once per batch and restored on read;
 //! - [`api`]: the loopback HTTP listener and the CLI's Unix control socket;
 //! - [`daemon`]: the composition root that builds and stops every service;
 //! - [`cli`]: the `heldar` command.
@@ -34,6 +35,7 @@ pub mod metadata_retention;
 pub mod metrics;
 pub mod outbox;
 pub mod perception;
+pub mod provenance;
 pub mod recent_logs;
 pub mod registry;
 pub mod serial;

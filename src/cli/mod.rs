@@ -226,7 +226,7 @@ impl From<anyhow::Error> for CliError {
 
 /// Entry point of the `heldar` binary.
 pub fn main() -> ExitCode {
-    daemon::allocator::limit_arenas();
+    daemon::allocator::set_malloc_policy();
     let cli = Cli::parse();
     match dispatch(cli) {
         Ok(code) => code,

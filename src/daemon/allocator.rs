@@ -6,20 +6,38 @@
 //! goes), so freed memory sat spread over a dozen arenas and the resident set crept up although
 //! the live heap stayed flat (heaptrack over a soak). With two, freed memory is reused and the
 //! soak's growth fell from +41 to +7 MiB/h; the contention it adds was within the soak's CPU
-//! noise. The README's soak section has the figures.
+//! noise.
+//!
+//! glibc also raises its mmap threshold each time a large block is freed, up to 32 MiB, so the
+//! decoded frames and video buffers (100–200 KiB each, all day) move into the arenas, where they
+//! fragment them. A fixed threshold keeps them in their own mappings, returned on free: the soak
+//! held 3.5 MiB less. The README's soak section has the figures.
 
 /// Arenas the process may use; `MALLOC_ARENA_MAX` in the environment still wins.
 const ARENAS: i32 = 2;
 
-/// Caps glibc's malloc arenas at [`ARENAS`], unless `MALLOC_ARENA_MAX` is set. Call it first in
-/// `main`, before any thread starts: a thread's arena is chosen at its first allocation.
-pub fn limit_arenas() {
+/// Blocks from this size up get a mapping of their own (glibc's initial threshold, kept fixed);
+/// `MALLOC_MMAP_THRESHOLD_` or `GLIBC_TUNABLES` in the environment still win.
+const MMAP_THRESHOLD: i32 = 128 * 1024;
+
+/// Sets [`ARENAS`] and [`MMAP_THRESHOLD`], each unless the environment sets it. Call it first
+/// in `main`, before any thread starts: a thread's arena is chosen at its first allocation.
+pub fn set_malloc_policy() {
     #[cfg(target_env = "gnu")]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+    {
+        let set_by_env = |var: &str, tunable: &str| {
+            std::env::var_os(var).is_some()
+                || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains(tunable))
+        };
         // SAFETY: mallopt only sets a tunable of the allocator; it is called before other
         // threads exist, and a refusal (return 0) leaves glibc's default in place.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+            if !set_by_env("MALLOC_ARENA_MAX", "glibc.malloc.arena_max") {
+                libc::mallopt(libc::M_ARENA_MAX, ARENAS);
+            }
+            if !set_by_env("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold") {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            }
         }
     }
 }

@@ -85,6 +85,14 @@ impl rusqlite::types::FromSql for Kind {
 }
 
 impl Kind {
+    /// Turns a payload as stored into the form every reader sees. Only detection batches are
+    /// stored in a form of their own (`perception::record::StoredBatch`).
+    fn restore(self, payload: &mut serde_json::Value) {
+        if self == Kind::Detection {
+            crate::provenance::restore_into_batch(payload);
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Detection => "detection",
@@ -124,12 +132,23 @@ impl NewRecord {
         ts_ms: i64,
         payload: &P,
     ) -> Result<NewRecord, StoreError> {
+        Self::stored_as::<P>(r#type, camera_id, ts_ms, payload)
+    }
+
+    /// A record of `P`'s kind whose payload is stored in a leaner form of its own, which
+    /// [`Kind::restore`] turns back into `P`'s shape for every reader.
+    pub fn stored_as<P: Payload>(
+        r#type: impl Into<String>,
+        camera_id: Option<String>,
+        ts_ms: i64,
+        stored: &impl Serialize,
+    ) -> Result<NewRecord, StoreError> {
         Ok(NewRecord {
             kind: P::KIND,
             r#type: r#type.into(),
             camera_id,
             ts_ms,
-            payload: serde_json::to_string(payload).map_err(|e| StoreError::Encode(Arc::new(e)))?,
+            payload: serde_json::to_string(stored).map_err(|e| StoreError::Encode(Arc::new(e)))?,
         })
     }
 }
@@ -221,15 +240,18 @@ pub fn head(c: &Connection) -> rusqlite::Result<i64> {
 const COLUMNS: &str = "seq, event_id, kind, type, camera_id, ts_ms, payload";
 
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    let kind: Kind = r.get(2)?;
     let payload: String = r.get(6)?;
+    let mut payload = serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null);
+    kind.restore(&mut payload);
     Ok(Record {
         seq: r.get(0)?,
         id: r.get(1)?,
-        kind: r.get(2)?,
+        kind,
         r#type: r.get(3)?,
         camera_id: r.get(4)?,
         ts_ms: r.get(5)?,
-        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null),
+        payload,
     })
 }
 

@@ -9,39 +9,7 @@ use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Who produced a batch, as the server saw it: every detection of the batch shows it in its
-/// attributes (`_prov`, with `source`), and clients cannot write either key.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Provenance {
-    pub credential: String,
-    /// The task the frame ticket bound the batch to; `null` for a ticketless batch.
-    pub task: Option<String>,
-    /// The worker of the lease behind the ticket.
-    pub worker: Option<String>,
-}
-
-impl Provenance {
-    /// The attribute keys that are the server's, never the worker's.
-    const KEYS: [&str; 2] = ["source", "_prov"];
-
-    /// Writes `source` and `_prov` over whatever `attributes` held under those keys.
-    pub fn write_into(&self, attributes: &mut Map<String, Value>) {
-        attributes.insert(Self::KEYS[0].into(), "worker".into());
-        attributes.insert(
-            Self::KEYS[1].into(),
-            serde_json::to_value(self).unwrap_or(Value::Null),
-        );
-    }
-
-    /// `attributes` without the provenance keys: what a detection's row keeps, since its
-    /// batch's row holds the provenance once for all its detections and [`list`] adds it back.
-    pub fn without(attributes: &Map<String, Value>) -> BTreeMap<&String, &Value> {
-        attributes
-            .iter()
-            .filter(|(k, _)| !Self::KEYS.contains(&k.as_str()))
-            .collect()
-    }
-}
+use crate::provenance::Provenance;
 
 /// A stored detection, with the batch it came in.
 #[derive(Debug, Serialize, Deserialize)]

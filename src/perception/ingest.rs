@@ -2,21 +2,22 @@
 //!
 //! Invariant S2: the answer is 2xx only after the batch's detections and its outbox record are
 //! committed, in one transaction through the group-commit writer; a batch is all or nothing; a
-//! repeat of a stored `(camera, frame_id)` is a successful no-op. Provenance is the server's: it
-//! writes `attributes.source = "worker"` and `attributes._prov` (credential, task, worker) into every
-//! detection and discards whatever the client sent under those keys. The batch's row holds them
-//! once; a detection's row keeps only the worker's own attributes.
+//! repeat of a stored `(camera, frame_id)` is a successful no-op. Provenance is the server's: every
+//! detection shows `attributes.source = "worker"` and `attributes._prov` (credential, task, worker),
+//! and whatever the client sent under those keys is discarded. The batch holds the provenance once
+//! (its row, and its outbox record); a detection keeps only the worker's own attributes, and
+//! readers write the provenance back.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use super::detections::Provenance;
-use super::record::{Detection, DetectionBatch, WorkerEvent};
+use super::record::{Detection, DetectionBatch, StoredBatch, WorkerEvent};
 use super::{Perception, PerceptionError, leases, tickets};
 use crate::auth::Principal;
 use crate::config::is_task_type;
 use crate::outbox::{self, NewRecord};
+use crate::provenance::Provenance;
 use crate::registry::{self, DetectionGate};
 use crate::store::StoreError;
 
@@ -75,7 +76,14 @@ struct Binding {
     frame_id: Option<String>,
     task_id: Option<String>,
     worker_id: Option<String>,
-    ticketed: bool,
+    /// The frame's capture time (Unix ms) from its ticket; `None` for a ticketless batch.
+    captured_ms: Option<i64>,
+}
+
+impl Binding {
+    fn ticketed(&self) -> bool {
+        self.captured_ms.is_some()
+    }
 }
 
 fn bad(msg: impl Into<String>) -> PerceptionError {
@@ -108,20 +116,15 @@ impl Perception {
                 })?
                 .timestamp_millis(),
         };
-        let provenance = Provenance {
-            credential: principal.credential.clone(),
-            task: binding.task_id.clone(),
-            worker: binding.worker_id.clone(),
-        };
         let detections = body
             .detections
             .into_iter()
             .enumerate()
-            .map(|(i, d)| clean_detection(i, d, &provenance))
+            .map(|(i, d)| clean_detection(i, d))
             .collect::<Result<Vec<_>, _>>()?;
         let event = body.event.map(clean_event).transpose()?;
 
-        let ticketed = binding.ticketed;
+        let ticketed = binding.ticketed();
         let credential = principal.credential.clone();
         let n = detections.len();
         let camera_id = binding.camera_id.clone();
@@ -172,7 +175,7 @@ impl Perception {
                 frame_id: body.frame_id.clone().filter(|f| !f.is_empty()),
                 task_id: None,
                 worker_id: None,
-                ticketed: false,
+                captured_ms: None,
             });
         };
         let claims = tickets::parse(ticket)
@@ -235,17 +238,13 @@ impl Perception {
             task_type: task.task_type,
             task_id: Some(task.id),
             worker_id: Some(lease.worker_id),
-            ticketed: true,
+            captured_ms: Some(claims.captured_ms),
         })
     }
 }
 
-/// Validates one detection and writes the server's provenance into its attributes.
-fn clean_detection(
-    i: usize,
-    d: DetectionIn,
-    provenance: &Provenance,
-) -> Result<Detection, PerceptionError> {
+/// Validates one detection and drops what it sent under the server's provenance keys.
+fn clean_detection(i: usize, d: DetectionIn) -> Result<Detection, PerceptionError> {
     if let Some(c) = d.confidence
         && !(c.is_finite() && (0.0..=1.0).contains(&c))
     {
@@ -279,7 +278,7 @@ fn clean_detection(
         Some(Value::Object(m)) => m,
         Some(other) => Map::from_iter([("_client".to_string(), other)]),
     };
-    provenance.write_into(&mut attributes);
+    Provenance::strip(&mut attributes);
     Ok(Detection {
         label: d.label,
         confidence: d.confidence,
@@ -344,35 +343,38 @@ fn store_batch(
         DetectionGate::Closed(why) => return Ok(Stored::Refused(why)),
         DetectionGate::Open => {}
     }
-    if let Some(frame_id) = &b.frame_id {
-        let seen: Option<i64> = c
-            .prepare_cached(
-                "SELECT id FROM detection_batches WHERE camera_id = ?1 AND frame_id = ?2",
-            )?
-            .query_row(params![b.camera_id, frame_id], |r| r.get(0))
-            .optional()?;
-        if seen.is_some() {
-            return Ok(Stored::Duplicate);
-        }
+    if let Some(frame_id) = &b.frame_id
+        && frame_stored(c, b, frame_id)?
+    {
+        return Ok(Stored::Duplicate);
     }
     let batch = DetectionBatch {
         frame_id: b.frame_id.clone(),
         task_type: b.task_type.clone(),
         task_id: b.task_id.clone(),
         worker_id: b.worker_id.clone(),
-        ticketed: b.ticketed,
+        ticketed: b.ticketed(),
         detections,
         event,
     };
+    let stored = StoredBatch {
+        batch: &batch,
+        credential,
+    };
     let seq = outbox::append(
         c,
-        &NewRecord::new("detections", Some(b.camera_id.clone()), ts_ms, &batch)?,
+        &NewRecord::stored_as::<DetectionBatch>(
+            "detections",
+            Some(b.camera_id.clone()),
+            ts_ms,
+            &stored,
+        )?,
     )?;
     c.prepare_cached(
-        "INSERT INTO detection_batches (camera_id, frame_id, task_type, task_id, credential, worker_id, ts_ms, ticketed, outbox_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO detection_batches (camera_id, frame_id, task_type, task_id, credential, worker_id, ts_ms, ticketed, outbox_seq, captured_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
-    .execute(params![b.camera_id, b.frame_id, b.task_type, b.task_id, credential, b.worker_id, ts_ms, b.ticketed, seq])?;
+    .execute(params![b.camera_id, b.frame_id, b.task_type, b.task_id, credential, b.worker_id, ts_ms, b.ticketed(), seq, b.captured_ms])?;
     let batch_id = c.last_insert_rowid();
     let mut insert = c.prepare_cached(
         "INSERT INTO detections (batch_id, camera_id, ts_ms, label, confidence, bbox, track_id, attributes)
@@ -387,10 +389,39 @@ fn store_batch(
             d.confidence,
             d.bbox.map(|b| json_text(&b)),
             d.track_id,
-            json_text(&Provenance::without(&d.attributes)),
+            json_text(&d.attributes),
         ])?;
     }
     Ok(Stored::New)
+}
+
+/// Whether a batch of this camera and frame id is stored. Ticketless batches are found by
+/// (camera, frame id); ticketed ones by (capture time, task), the index that appends at its end
+/// (migration 0016). A frame id of the ticketed form `{task_id}:{captured_ms}` is looked for both
+/// ways, so one frame id stays one batch per camera whichever way it came.
+fn frame_stored(c: &Connection, b: &Binding, frame_id: &str) -> Result<bool, StoreError> {
+    let ticketless = c
+        .prepare_cached(
+            "SELECT 1 FROM detection_batches WHERE camera_id = ?1 AND frame_id = ?2 AND ticketed = 0",
+        )?
+        .exists(params![b.camera_id, frame_id])?;
+    if ticketless {
+        return Ok(true);
+    }
+    let ticketed_key = match (&b.task_id, b.captured_ms) {
+        (Some(task), Some(ms)) => Some((task.as_str(), ms)),
+        _ => frame_id.rsplit_once(':').and_then(|(task, ms)| {
+            let n: i64 = ms.parse().ok()?;
+            (n.to_string() == ms).then_some((task, n))
+        }),
+    };
+    let Some((task, ms)) = ticketed_key else {
+        return Ok(false);
+    };
+    Ok(c.prepare_cached(
+        "SELECT 1 FROM detection_batches WHERE captured_ms = ?1 AND task_id = ?2 AND camera_id = ?3",
+    )?
+    .exists(params![ms, task, b.camera_id])?)
 }
 
 /// JSON text of a value that always serializes (numbers, strings, maps with string keys).

@@ -97,6 +97,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0015_detections_lean",
         sql: include_str!("../../migrations/0015_detections_lean.sql"),
     },
+    Migration {
+        version: 16,
+        name: "0016_ticketed_frame_key",
+        sql: include_str!("../../migrations/0016_ticketed_frame_key.sql"),
+    },
 ];
 
 /// The schema version this binary writes.

@@ -155,12 +155,23 @@ fn the_worker_contract() {
         again.json(),
         json!({"detections_ingested": 0, "duplicate": true, "ticketed": true})
     );
+    // Its frame id without the ticket names the same frame (the two are kept in two indexes).
+    let ms = ticket.split('.').nth(2).unwrap();
+    let ticketless = |frame_id: String| json!({"camera_id": "gate", "task_type": "motion", "frame_id": frame_id, "detections": det});
+    assert_eq!(
+        http.post(
+            "/api/v1/ai/events",
+            Some(&worker_a),
+            &ticketless(format!("gate:motion:main:{ms}"))
+        )
+        .json(),
+        json!({"detections_ingested": 0, "duplicate": true, "ticketed": false})
+    );
     let rows = http
         .get("/api/v1/cameras/gate/detections?limit=10", Some(&viewer))
         .json();
     let rows = rows.as_array().unwrap();
-    assert_eq!(rows.len(), 1, "the repeat stored nothing: {rows:?}");
-    let ms = ticket.split('.').nth(2).unwrap();
+    assert_eq!(rows.len(), 1, "the repeats stored nothing: {rows:?}");
     assert_eq!(rows[0]["frame_id"], format!("gate:motion:main:{ms}"));
     assert_eq!(
         rows[0]["attributes"]["source"], "worker",
@@ -174,6 +185,28 @@ fn the_worker_contract() {
         .query_row("SELECT attributes FROM detections", [], |r| r.get(0))
         .unwrap();
     assert_eq!(kept, r#"{"colour":"red"}"#);
+    let record: String = db
+        .query_row(
+            "SELECT payload FROM outbox WHERE kind = 'detection'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!record.contains("_prov"), "{record}");
+    let published = http
+        .get("/api/v1/events?kind=detection", Some(&viewer))
+        .json();
+    assert_eq!(published.as_array().unwrap().len(), 1, "{published}");
+    assert_eq!(
+        published[0]["payload"]["detections"][0]["attributes"],
+        json!({"colour": "red", "source": "worker",
+               "_prov": {"credential": rows[0]["attributes"]["_prov"]["credential"], "task": "gate:motion:main", "worker": "a"}}),
+        "the record as read carries the provenance: {published}"
+    );
+    assert!(
+        published[0]["payload"].get("credential").is_none(),
+        "{published}"
+    );
     assert_eq!(rows[0]["bbox"], json!([0.1, 0.2, 0.3, 0.4]));
 
     // Ticket problems: all 401 naming frame_ticket; disagreements 409.

@@ -42,7 +42,7 @@ const TABLE_OWNERS: &[(&str, &str)] = &[
 /// engine reads, whose events the serial rules read. `worker` is a client of the HTTP contract
 /// and imports nothing of the crate.
 const LAYERS: &[&[&str]] = &[
-    &["config", "metrics", "recent_logs", "worker"],
+    &["config", "metrics", "provenance", "recent_logs", "worker"],
     &["store"],
     &["auth", "audit", "outbox", "registry"],
     &["media"],
