@@ -112,25 +112,43 @@ fn info() -> Severity {
     Severity::Info
 }
 
-/// Per (track, zone) state.
+/// Per (track, zone) state. Fields at their default are not stored.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 struct InZone {
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     inside: bool,
     /// A state change waiting for `confirm` to pass: (target, since).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pending: Option<(bool, i64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     entered_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     dwell_fired: bool,
 }
 
-/// Per track state.
+/// Per track state. Every live track of a camera is rewritten in each commit that changes the
+/// camera (`zone_state`; 30 tracks a camera made 7 KB in the soak), so it is stored with
+/// one-letter keys, and without its zones while it is in none; the long names still read, for
+/// states stored before.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Track {
+    #[serde(rename = "l", alias = "label")]
     label: Option<String>,
+    #[serde(rename = "t", alias = "last_seen_ms")]
     last_seen_ms: i64,
     /// Last anchor point per zone kind is the same bbox; keep the bbox.
+    #[serde(rename = "b", alias = "last_bbox")]
     last_bbox: [f64; 4],
+    #[serde(rename = "a", alias = "still_anchor")]
     still_anchor: Point,
+    #[serde(rename = "s", alias = "still_since_ms")]
     still_since_ms: i64,
+    #[serde(
+        rename = "z",
+        alias = "zones",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     zones: BTreeMap<String, InZone>,
 }
 
@@ -441,6 +459,18 @@ fn event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_stored_with_the_long_names_still_reads_and_is_stored_short() {
+        let old = r#"{"tracks":[[{"task":"c:m:sub","track":"m1"},{"label":"motion","last_seen_ms":5,"last_bbox":[0.1,0.2,0.1,0.1],"still_anchor":[0.15,0.3],"still_since_ms":5,"zones":{"door":{"inside":true,"pending":null,"entered_ms":4,"dwell_fired":false}}}],[{"task":"c:m:sub","track":"m2"},{"label":null,"last_seen_ms":6,"last_bbox":[0.5,0.5,0.1,0.1],"still_anchor":[0.55,0.6],"still_since_ms":6,"zones":{}}]]}"#;
+        let state: CameraState = serde_json::from_str(old).unwrap();
+        let stored = serde_json::to_string(&state).unwrap();
+        assert_eq!(
+            stored,
+            r#"{"tracks":[[{"task":"c:m:sub","track":"m1"},{"l":"motion","t":5,"b":[0.1,0.2,0.1,0.1],"a":[0.15,0.3],"s":5,"z":{"door":{"inside":true,"entered_ms":4}}}],[{"task":"c:m:sub","track":"m2"},{"l":null,"t":6,"b":[0.5,0.5,0.1,0.1],"a":[0.55,0.6],"s":6}]]}"#
+        );
+        assert_eq!(serde_json::from_str::<CameraState>(&stored).unwrap(), state);
+    }
 
     /// A zone from heldar.toml keys (camera `c`).
     fn zone(toml_text: &str) -> Zone {
