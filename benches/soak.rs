@@ -9,9 +9,9 @@
 //! plots them to PNG.
 //!
 //! Run: `cargo bench --bench soak` (HELDAR_SOAK_MINUTES, default 30; HELDAR_SOAK_OUT, the
-//! directory for `soak.csv` and `soak.png`, default `target/soak`; HELDAR_SOAK_CONFIG, TOML
-//! appended to the daemon's config, such as `$'[database]\ncommit_linger = "100ms"'` in bash: a
-//! table header ends its line).
+//! directory for `soak.csv`, `soak.png` and the worker's `worker.log`, default `target/soak`;
+//! HELDAR_SOAK_CONFIG, TOML appended to the daemon's config, such as
+//! `$'[database]\ncommit_linger = "100ms"'` in bash: a table header ends its line).
 
 mod common;
 
@@ -78,10 +78,11 @@ fn main() {
     subscribe(broker.port, received.clone());
     let daemon = Daemon::start(scratch.path(), &config(&camera, broker.port));
     let api = daemon.http();
+    let worker_log = std::fs::File::create(out.join("worker.log")).unwrap();
     let mut worker = Command::new(env!("CARGO_BIN_EXE_heldar"))
         .args(["worker", "motion", "--poll", "2", "--api", &api])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(worker_log)
         .spawn()
         .expect("heldar worker motion");
     println!(
@@ -319,6 +320,17 @@ fn report(samples: &[Sample]) {
         last.outbox_seq - first.outbox_seq,
         last.mqtt_received - first.mqtt_received
     );
+    // Eight cameras in motion append records every second; a minute without one is a stall,
+    // and every figure after it describes an idle box.
+    if let Some(stalled) = samples
+        .windows(7)
+        .find(|w| w[6].outbox_seq == w[0].outbox_seq)
+    {
+        println!(
+            "STALLED: no record appended from {:.1} min on (the worker's log: worker.log)",
+            stalled[0].minutes
+        );
+    }
 }
 
 fn plot(csv: &Path, png: &Path) {

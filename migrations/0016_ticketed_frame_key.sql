@@ -9,8 +9,11 @@ CREATE UNIQUE INDEX batches_dedup ON detection_batches (camera_id, frame_id)
     WHERE frame_id IS NOT NULL AND ticketed = 0;
 CREATE UNIQUE INDEX batches_by_frame ON detection_batches (captured_ms, task_id)
     WHERE captured_ms IS NOT NULL;
--- Ticketed batches stored before keep captured_ms NULL: their tickets were signed with an
--- earlier run's key, so no retry of one can be stored again.
+-- Ticketed batches stored before keep captured_ms NULL (a backfill would rewrite every row of a
+-- month's detections at boot): their tickets were signed with an earlier run's key, so no retry
+-- of one can be stored again. Only a ticketless post that sends such a batch's ticketed frame id
+-- `{task_id}:{captured_ms}` as its own is not seen as its duplicate.
 -- From this version, a detection record's payload is stored without the `source` and `_prov`
 -- every detection repeated, and with the batch's `credential`; the reader writes them back
--- (`perception::record::restore_provenance`). Records stored before keep theirs.
+-- (`provenance::restore_into_batch`, when `outbox` reads a record). Records stored before keep
+-- theirs.

@@ -40,7 +40,8 @@ impl Provenance {
 
 /// Turns a detection record's payload as stored (`perception::record::StoredBatch`) into the
 /// `DetectionBatch` every reader of the record sees: its provenance written into each
-/// detection's attributes, its `credential` dropped. A record stored before schema 16 holds no `credential` and has its provenance.
+/// detection's attributes, its `credential` dropped. A record stored before schema 16 holds no
+/// `credential` and has its provenance.
 pub fn restore_into_batch(payload: &mut Value) {
     let Value::Object(batch) = payload else {
         return;

@@ -112,7 +112,8 @@ pub trait Payload: Serialize + DeserializeOwned {
     const KIND: Kind;
 }
 
-/// A record to append; built from a typed [`Payload`] only.
+/// A record to append; built from a typed [`Payload`], or from the leaner stored form of one
+/// ([`NewRecord::stored_as`]) that [`Kind::restore`] maps back.
 #[derive(Clone, Debug)]
 pub struct NewRecord {
     kind: Kind,
@@ -163,8 +164,8 @@ pub struct Record {
     pub r#type: String,
     pub camera_id: Option<String>,
     pub ts_ms: i64,
-    /// The payload as stored: the uplink forwards it whole; local consumers read it typed
-    /// through [`Record::payload`].
+    /// The payload as read (a kind stored in a leaner form is restored first, [`Kind::restore`]):
+    /// the uplink forwards it whole; local consumers read it typed through [`Record::payload`].
     pub payload: serde_json::Value,
 }
 

@@ -398,7 +398,8 @@ fn store_batch(
 /// Whether a batch of this camera and frame id is stored. Ticketless batches are found by
 /// (camera, frame id); ticketed ones by (capture time, task), the index that appends at its end
 /// (migration 0016). A frame id of the ticketed form `{task_id}:{captured_ms}` is looked for both
-/// ways, so one frame id stays one batch per camera whichever way it came.
+/// ways, so one frame id stays one batch per camera whichever way it came. No unique index spans
+/// both keys: this check, in the single writer's transaction, is what keeps it.
 fn frame_stored(c: &Connection, b: &Binding, frame_id: &str) -> Result<bool, StoreError> {
     let ticketless = c
         .prepare_cached(

@@ -7,7 +7,8 @@ use serde_json::{Map, Value};
 
 use crate::outbox::{Kind, Payload};
 
-/// One batch of a worker, after validation, with the server's provenance.
+/// One batch of a worker, after validation, as every reader of its record sees it: with the
+/// server's provenance in each detection (stored once, in [`StoredBatch`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DetectionBatch {
     /// As the worker sent it, or as its frame ticket implied.
@@ -30,9 +31,9 @@ impl Payload for DetectionBatch {
 
 /// A batch as its outbox record stores it: without the provenance every detection shows, which
 /// the batch holds once (`credential` beside its `task_id` and `worker_id`) and
-/// [`crate::provenance::restore_into_batch`] writes back when the record is read. Repeated per detection it was a
-/// third of the record, and a record then no longer fitted two to a 1 KiB page (the README's
-/// flash figures).
+/// [`crate::provenance::restore_into_batch`] writes back when the record is read. Repeated per
+/// detection it was a third of the record, and a record then no longer fitted two to a 1 KiB
+/// page (the README's flash figures).
 #[derive(Serialize)]
 pub struct StoredBatch<'a> {
     /// With detections whose attributes hold no provenance

@@ -132,7 +132,12 @@ struct InZone {
 /// states stored before.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Track {
-    #[serde(rename = "l", alias = "label")]
+    #[serde(
+        rename = "l",
+        alias = "label",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     label: Option<String>,
     #[serde(rename = "t", alias = "last_seen_ms")]
     last_seen_ms: i64,
@@ -467,7 +472,7 @@ mod tests {
         let stored = serde_json::to_string(&state).unwrap();
         assert_eq!(
             stored,
-            r#"{"tracks":[[{"task":"c:m:sub","track":"m1"},{"l":"motion","t":5,"b":[0.1,0.2,0.1,0.1],"a":[0.15,0.3],"s":5,"z":{"door":{"inside":true,"entered_ms":4}}}],[{"task":"c:m:sub","track":"m2"},{"l":null,"t":6,"b":[0.5,0.5,0.1,0.1],"a":[0.55,0.6],"s":6}]]}"#
+            r#"{"tracks":[[{"task":"c:m:sub","track":"m1"},{"l":"motion","t":5,"b":[0.1,0.2,0.1,0.1],"a":[0.15,0.3],"s":5,"z":{"door":{"inside":true,"entered_ms":4}}}],[{"task":"c:m:sub","track":"m2"},{"t":6,"b":[0.5,0.5,0.1,0.1],"a":[0.55,0.6],"s":6}]]}"#
         );
         assert_eq!(serde_json::from_str::<CameraState>(&stored).unwrap(), state);
     }

@@ -209,7 +209,8 @@ fn load_state(c: &Connection, camera: &str) -> Result<CameraState, StoreError> {
             |r| r.get(0),
         )
         .optional()?;
-    // A state this binary cannot read (only a hand-edited database does that) starts afresh:
+    // A state this binary cannot read (a hand-edited database, or one a newer build of the
+    // same schema wrote with other field names) starts afresh:
     // tracks re-enter, which is visible, rather than the engine stopping for good.
     Ok(text
         .and_then(|t| serde_json::from_str(&t).ok())
