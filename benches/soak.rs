@@ -322,9 +322,10 @@ fn report(samples: &[Sample]) {
     );
     // Eight cameras in motion append records every second; a minute without one is a stall,
     // and every figure after it describes an idle box.
+    let minute = (60 / SAMPLE_EVERY.as_secs()) as usize + 1;
     if let Some(stalled) = samples
-        .windows(7)
-        .find(|w| w[6].outbox_seq == w[0].outbox_seq)
+        .windows(minute)
+        .find(|w| w[minute - 1].outbox_seq == w[0].outbox_seq)
     {
         println!(
             "STALLED: no record appended from {:.1} min on (the worker's log: worker.log)",

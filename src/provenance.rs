@@ -46,12 +46,10 @@ pub fn restore_into_batch(payload: &mut Value) {
     let Value::Object(batch) = payload else {
         return;
     };
-    if !matches!(batch.get("credential"), Some(Value::String(_))) {
-        return;
-    }
-    let Some(Value::String(credential)) = batch.remove("credential") else {
+    let Some(Value::String(credential)) = batch.get("credential").cloned() else {
         return;
     };
+    batch.remove("credential");
     let text = |key: &str| batch.get(key).and_then(Value::as_str).map(String::from);
     let provenance = Provenance {
         credential,

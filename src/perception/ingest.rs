@@ -233,7 +233,7 @@ impl Perception {
             )));
         }
         Ok(Binding {
-            frame_id: Some(format!("{}:{}", task.id, claims.captured_ms)),
+            frame_id: Some(ticketed_frame_id(&task.id, claims.captured_ms)),
             camera_id: task.camera_id,
             task_type: task.task_type,
             task_id: Some(task.id),
@@ -409,20 +409,26 @@ fn frame_stored(c: &Connection, b: &Binding, frame_id: &str) -> Result<bool, Sto
     if ticketless {
         return Ok(true);
     }
-    let ticketed_key = match (&b.task_id, b.captured_ms) {
-        (Some(task), Some(ms)) => Some((task.as_str(), ms)),
-        _ => frame_id.rsplit_once(':').and_then(|(task, ms)| {
-            let n: i64 = ms.parse().ok()?;
-            (n.to_string() == ms).then_some((task, n))
-        }),
-    };
-    let Some((task, ms)) = ticketed_key else {
+    let Some((task, ms)) = ticketed_key(frame_id) else {
         return Ok(false);
     };
     Ok(c.prepare_cached(
         "SELECT 1 FROM detection_batches WHERE captured_ms = ?1 AND task_id = ?2 AND camera_id = ?3",
     )?
     .exists(params![ms, task, b.camera_id])?)
+}
+
+/// The frame id a ticket implies: `{task_id}:{captured_ms}` (documented in docs/worker-api.md).
+fn ticketed_frame_id(task_id: &str, captured_ms: i64) -> String {
+    format!("{task_id}:{captured_ms}")
+}
+
+/// The (task, capture time) of a frame id of the [`ticketed_frame_id`] form, whoever sent it;
+/// `None` for any other id, including one whose time is not written as the ticket writes it.
+fn ticketed_key(frame_id: &str) -> Option<(&str, i64)> {
+    let (task, ms) = frame_id.rsplit_once(':')?;
+    let n: i64 = ms.parse().ok()?;
+    (ticketed_frame_id(task, n) == frame_id).then_some((task, n))
 }
 
 /// JSON text of a value that always serializes (numbers, strings, maps with string keys).
